@@ -1,0 +1,19 @@
+"""Drop a revoked access token from the MCP token cache the moment its row goes.
+
+django-oauth-toolkit deletes access tokens from many places (/revoke, refresh rotation,
+reuse protection, admin actions, our services); a receiver on the row's deletion is the one
+point all of them pass, and QuerySet.delete() sends it for every row.
+"""
+
+from typing import Any
+
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
+from oauth2_provider.models import AccessToken
+
+from .auth import token_cache_forget
+
+
+@receiver(post_delete, sender=AccessToken, dispatch_uid="mcpapp-forget-token")
+def forget_deleted_token(sender: type[AccessToken], instance: AccessToken, **kwargs: Any) -> None:
+    token_cache_forget(instance.token_checksum)

@@ -1,0 +1,333 @@
+"""Settings for the remote MCP server.
+
+Every knob comes from the environment (or a `.env` file beside manage.py) and has a local
+default that boots: SQLite, the local-memory cache and the in-memory channel layer. A
+deployment sets `DATABASE_URL`, `REDIS_URL`, `SECRET_KEY`, `PUBLIC_URL` and `DEBUG=false`;
+with `DEBUG` off the module refuses to load on an unsafe value rather than run insecurely.
+`.env.example` lists every variable with a comment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DEV_SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def _load_dotenv(path: Path) -> None:
+    """Read KEY=VALUE lines from `path` into os.environ; the real environment wins."""
+    if not path.is_file():
+        return
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        os.environ.setdefault(key, value)
+
+
+_load_dotenv(Path(os.environ.get("DOTENV_PATH", BASE_DIR / ".env")))
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number") from exc
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}")
+    return value
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+# --- Core -----------------------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
+
+# The origin clients are given. The OAuth issuer, every advertised endpoint and the
+# resource identifiers are built from it, never from the request's Host header.
+PUBLIC_URL = env_str("PUBLIC_URL", "http://localhost:8787").rstrip("/")
+_public = urlsplit(PUBLIC_URL)
+if _public.scheme not in {"http", "https"} or not _public.hostname or _public.path not in {"", "/"}:
+    raise ImproperlyConfigured(f"PUBLIC_URL={PUBLIC_URL!r} must be an origin such as https://mcp.example.com")
+PUBLIC_HOST = _public.hostname
+PUBLIC_IS_LOOPBACK = PUBLIC_HOST in LOOPBACK_HOSTS
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS") or sorted({PUBLIC_HOST, "localhost", "127.0.0.1", "[::1]"})
+CSRF_TRUSTED_ORIGINS = [PUBLIC_URL]
+
+if DEBUG and not PUBLIC_IS_LOOPBACK:
+    raise ImproperlyConfigured(
+        f"DEBUG is on while PUBLIC_URL ({PUBLIC_URL}) is not a loopback address. "
+        "Set DEBUG=false for a server others can reach."
+    )
+if not DEBUG:
+    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
+        raise ImproperlyConfigured("SECRET_KEY must be set to a random value of at least 32 characters.")
+    if "*" in ALLOWED_HOSTS:
+        raise ImproperlyConfigured("ALLOWED_HOSTS must list host names, not '*'.")
+    if _public.scheme != "https" and not PUBLIC_IS_LOOPBACK:
+        raise ImproperlyConfigured(f"PUBLIC_URL ({PUBLIC_URL}) must use https for a non-loopback host.")
+
+# Behind a reverse proxy that terminates TLS: trust X-Forwarded-Proto (and -For for the
+# registration rate limit). Only turn this on when a proxy you run sets those headers.
+BEHIND_PROXY = env_bool("BEHIND_PROXY", False)
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    USE_X_FORWARDED_HOST = False  # PUBLIC_URL, not a forwarded header, names the origin
+
+if _public.scheme == "https":
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_PROXY)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "oauth2_provider",
+    "social_django",
+    "channels",
+    "oauthapp",
+    "mcpapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "oauthapp.middleware.FrameAncestorsMiddleware",
+    "social_django.middleware.SocialAuthExceptionMiddleware",
+]
+
+ROOT_URLCONF = "mcpsite.urls"
+ASGI_APPLICATION = "mcpsite.asgi.application"
+WSGI_APPLICATION = None
+APPEND_SLASH = False  # POST paths must never answer with a trailing-slash redirect
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "oauthapp.context_processors.site",
+            ],
+        },
+    },
+]
+
+# --- Data stores ----------------------------------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL and a busy timeout let the async transports and the web pages share the file.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 60},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Auth -----------------------------------------------------------------------------------
+
+AUTHENTICATION_BACKENDS = [
+    "social_core.backends.github.GithubOAuth2",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+    "oauthapp.hashers.ClientSecretHasher",
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
+
+# --- OAuth 2.1 authorization server (django-oauth-toolkit) ----------------------------------
+
+MCP_SCOPE = "mcp"
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauthapp.Application"
+ACCESS_TOKEN_LIFETIME = env_int("ACCESS_TOKEN_LIFETIME", 3600, minimum=120)
+REFRESH_TOKEN_LIFETIME = env_int("REFRESH_TOKEN_LIFETIME", 30 * 24 * 3600, minimum=ACCESS_TOKEN_LIFETIME)
+AUTHORIZATION_CODE_LIFETIME = env_int("AUTHORIZATION_CODE_LIFETIME", 60, minimum=10)
+
+OAUTH2_PROVIDER = {
+    "SCOPES": {MCP_SCOPE: "Use this server's MCP tools as you"},
+    "DEFAULT_SCOPES": [MCP_SCOPE],
+    "OAUTH2_VALIDATOR_CLASS": "oauthapp.validators.MCPOAuth2Validator",
+    "APPLICATION_ADMIN_CLASS": "oauthapp.admin.ApplicationAdmin",
+    "OIDC_ISS_ENDPOINT": PUBLIC_URL,
+    "ACCESS_TOKEN_EXPIRE_SECONDS": ACCESS_TOKEN_LIFETIME,
+    "REFRESH_TOKEN_EXPIRE_SECONDS": REFRESH_TOKEN_LIFETIME,
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": AUTHORIZATION_CODE_LIFETIME,
+    "ROTATE_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "PKCE_REQUIRED": True,
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["http", "https"],
+    "ALLOW_LOCALHOST_LOOPBACK": True,
+    "CLIENT_SECRET_HASHER": "client_secret_sha256",
+    "REQUEST_APPROVAL_PROMPT": "force",  # our consent memory decides when to skip the page
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_REQUIRED": True,
+    "DCR_ENABLED": True,
+    "DCR_REGISTRATION_PERMISSION_CLASSES": ("oauth2_provider.dcr.AllowAllDCRPermission",),
+    "DCR_REGISTRATION_TOKEN_EXPIRE_SECONDS": REFRESH_TOKEN_LIFETIME,
+    "OAUTH2_RESPONSE_TYPES_SUPPORTED": ["code"],
+    "OAUTH2_GRANT_TYPES_SUPPORTED": ["authorization_code", "refresh_token"],
+    "OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED": ["none", "client_secret_basic", "client_secret_post"],
+    "OAUTH2_PROTECTED_RESOURCE_NAME": env_str("MCP_SERVER_NAME", "Django MCP server"),
+}
+
+# Dynamic client registration policy (RFC 7591): anonymous, so capped and rate limited.
+REGISTRATION_MAX_BODY_BYTES = env_int("REGISTRATION_MAX_BODY_BYTES", 16 * 1024, minimum=1024)
+REGISTRATION_RATE_LIMIT = env_int("REGISTRATION_RATE_LIMIT", 30)  # per client address per window
+REGISTRATION_RATE_WINDOW = env_int("REGISTRATION_RATE_WINDOW", 3600, minimum=1)
+
+# CORS for browser-based MCP clients: only the discovery, registration and token endpoints.
+CORS_ALLOW_ALL_ORIGINS = True
+CORS_URLS_REGEX = r"^/(\.well-known/.*|register|token|revoke)$"
+CORS_ALLOW_HEADERS = ["authorization", "content-type", "mcp-protocol-version"]
+
+# --- MCP resource server ---------------------------------------------------------------------
+
+MCP_SERVER_NAME = env_str("MCP_SERVER_NAME", "Django MCP server")
+MCP_TOKEN_CACHE_SECONDS = env_int("MCP_TOKEN_CACHE_SECONDS", 30)
+MCP_MAX_BODY_BYTES = env_int("MCP_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+MCP_KEEPALIVE_SECONDS = env_int("MCP_KEEPALIVE_SECONDS", 15, minimum=1)
+MCP_AUTH_RECHECK_SECONDS = env_int("MCP_AUTH_RECHECK_SECONDS", 5, minimum=1)
+MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 3600, minimum=10)
+# The official conformance suite's tools, resources and prompts; for testing only.
+MCP_CONFORMANCE_FIXTURES = env_bool("MCP_CONFORMANCE_FIXTURES", False)
+
+# --- GitHub login (social-auth) --------------------------------------------------------------
+
+GITHUB_CLIENT_ID = env_str("GITHUB_CLIENT_ID")
+GITHUB_CLIENT_SECRET = env_str("GITHUB_CLIENT_SECRET")
+GITHUB_ENABLED = bool(GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET)
+SOCIAL_AUTH_GITHUB_KEY = GITHUB_CLIENT_ID
+SOCIAL_AUTH_GITHUB_SECRET = GITHUB_CLIENT_SECRET
+SOCIAL_AUTH_URL_NAMESPACE = "social"
+SOCIAL_AUTH_JSONFIELD_ENABLED = True
+
+# --- Static files, i18n, logging -------------------------------------------------------------
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG and env_bool("COLLECTED_STATIC", False)
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not env_bool("COLLECTED_STATIC", False)
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "oauth2_provider": {"level": env_str("OAUTH_LOG_LEVEL", "WARNING")},
+    },
+}

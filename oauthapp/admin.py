@@ -1,0 +1,99 @@
+"""Operators manage clients, consents and users here. No secret or token is ever displayed."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from . import services
+from .models import Application, Consent
+
+
+# Registered by django-oauth-toolkit's admin module via OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"].
+class ApplicationAdmin(admin.ModelAdmin):
+    list_display = (
+        "display_name",
+        "client_id",
+        "client_type",
+        "registration_source",
+        "created",
+        "last_used_at",
+        "is_enabled",
+    )
+    list_filter = ("registration_source", "client_type", ("disabled_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "client_id", "redirect_uris")
+    list_select_related = ("user",)
+    raw_id_fields = ("user",)
+    ordering = ("-created",)
+    exclude = ("client_secret",)
+    readonly_fields = (
+        "client_id",
+        "registration_source",
+        "registered_from",
+        "registration_metadata",
+        "created",
+        "updated",
+        "last_used_at",
+        "disabled_at",
+        "cimd_expires_at",
+    )
+    actions = ("disable_clients", "enable_clients", "revoke_client_tokens")
+
+    @admin.display(description="name", ordering="name")
+    def display_name(self, obj: Application) -> str:
+        return obj.display_name
+
+    @admin.display(description="enabled", boolean=True, ordering="disabled_at")
+    def is_enabled(self, obj: Application) -> bool:
+        return obj.disabled_at is None
+
+    @admin.action(description="Disable selected clients (kills their tokens)")
+    def disable_clients(self, request: HttpRequest, queryset: QuerySet[Application]) -> None:
+        for application in queryset:
+            services.application_disable(application=application)
+        self.message_user(request, f"Disabled {queryset.count()} client(s).", messages.SUCCESS)
+
+    @admin.action(description="Enable selected clients")
+    def enable_clients(self, request: HttpRequest, queryset: QuerySet[Application]) -> None:
+        for application in queryset:
+            services.application_enable(application=application)
+        self.message_user(request, f"Enabled {queryset.count()} client(s).", messages.SUCCESS)
+
+    @admin.action(description="Revoke all tokens of selected clients")
+    def revoke_client_tokens(self, request: HttpRequest, queryset: QuerySet[Application]) -> None:
+        total = sum(services.tokens_revoke(application=application) for application in queryset)
+        self.message_user(request, f"Revoked {total} access token(s).", messages.SUCCESS)
+
+
+@admin.register(Consent)
+class ConsentAdmin(admin.ModelAdmin):
+    list_display = ("user", "application", "scope", "created", "last_used_at")
+    list_select_related = ("user", "application")
+    raw_id_fields = ("user", "application")
+    search_fields = ("user__username", "application__name", "application__client_id")
+    actions = ("revoke_consents",)
+
+    @admin.action(description="Revoke selected consents (kills their tokens)")
+    def revoke_consents(self, request: HttpRequest, queryset: QuerySet[Consent]) -> None:
+        for consent in queryset.select_related("user", "application"):
+            services.consent_revoke(user=consent.user, application=consent.application)
+        self.message_user(request, "Consents revoked.", messages.SUCCESS)
+
+
+User = get_user_model()
+
+
+class MCPUserAdmin(UserAdmin):
+    actions = ("revoke_user_tokens",)
+
+    @admin.action(description="Revoke all OAuth tokens of selected users")
+    def revoke_user_tokens(self, request: HttpRequest, queryset: QuerySet) -> None:
+        total = sum(services.tokens_revoke(user=user) for user in queryset)
+        self.message_user(request, f"Revoked {total} access token(s).", messages.SUCCESS)
+
+
+admin.site.unregister(User)
+admin.site.register(User, MCPUserAdmin)

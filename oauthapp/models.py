@@ -1,0 +1,59 @@
+"""The OAuth client model (swapped in for django-oauth-toolkit's) and remembered consent."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from oauth2_provider.models import AbstractApplication
+
+
+class Application(AbstractApplication):
+    """An OAuth client: django-oauth-toolkit's fields plus what operators need to see.
+
+    `registration_metadata` keeps the RFC 7591 fields that have no column of their own
+    (client_uri, logo_uri, contacts, software_id, ...) so registration can echo them back.
+    A disabled client can neither obtain nor use tokens (`is_usable`).
+    """
+
+    registration_metadata = models.JSONField(default=dict, blank=True)
+    registered_from = models.GenericIPAddressField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(AbstractApplication.Meta):
+        verbose_name = "OAuth client"
+        verbose_name_plural = "OAuth clients"
+
+    def is_usable(self, request: object) -> bool:
+        return self.disabled_at is None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or "Unknown client"
+
+
+class Consent(models.Model):
+    """A user's standing approval of a client for a set of scopes.
+
+    Asking again for scopes already covered skips the consent page; asking for more
+    shows it again. Revoking it (connected-apps page) kills the client's tokens.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="consents")
+    application = models.ForeignKey(
+        settings.OAUTH2_PROVIDER_APPLICATION_MODEL, on_delete=models.CASCADE, related_name="consents"
+    )
+    scope = models.TextField(help_text="Space-separated scopes the user approved.")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "application"], name="one_consent_per_client")]
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.application}"
+
+    @property
+    def scopes(self) -> set[str]:
+        return set(self.scope.split())

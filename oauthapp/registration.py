@@ -1,0 +1,165 @@
+"""RFC 7591 client metadata: parsed and checked against this server's policy.
+
+MCP clients register anonymously, so the policy is strict: redirect URIs must be https, or
+http on a loopback host (any port matches at authorization time, RFC 8252); dangerous
+schemes, fragments, credentials and malformed URIs are refused. Unknown metadata is
+ignored; known metadata of the wrong shape is refused. Nothing unset is ever echoed back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
+MAX_REDIRECT_URIS = 10
+MAX_URI_LENGTH = 2000
+URL_FIELDS = ("client_uri", "logo_uri", "tos_uri", "policy_uri")
+TEXT_FIELDS = ("software_id", "software_version")
+
+
+class RegistrationError(Exception):
+    """An RFC 7591 section 3.2.2 error: `error` is the code, the message its description."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+@dataclass(frozen=True)
+class ClientMetadata:
+    redirect_uris: list[str]
+    token_endpoint_auth_method: str
+    grant_types: list[str]
+    response_types: list[str]
+    scope: str
+    client_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"
+
+
+def redirect_uri_problem(uri: object) -> str | None:
+    """Why `uri` may not be registered as a redirect URI, or None if it may."""
+    if not isinstance(uri, str) or not uri:
+        return "each redirect URI must be a non-empty string"
+    if len(uri) > MAX_URI_LENGTH:
+        return f"redirect URIs are limited to {MAX_URI_LENGTH} characters"
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in uri):
+        return "redirect URIs may not contain whitespace or control characters"
+    if "#" in uri:
+        return "redirect URIs may not contain a fragment"
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return "redirect URI is malformed"
+    del port
+    scheme = parts.scheme.lower()
+    if scheme not in {"http", "https"}:
+        return f"the {scheme or 'empty'!s} scheme is not allowed; use https, or http on a loopback host"
+    if not parts.hostname:
+        return "redirect URI needs a host"
+    if "@" in parts.netloc:
+        return "redirect URIs may not carry credentials"
+    if scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        return "http redirect URIs are allowed only on localhost, 127.0.0.1 or [::1]; use https"
+    return None
+
+
+def _string_list(data: dict[str, Any], name: str, default: list[str]) -> list[str]:
+    value = data.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise RegistrationError("invalid_client_metadata", f"{name} must be an array of strings")
+    return value
+
+
+def parse_client_metadata(data: object) -> ClientMetadata:
+    """Validate a registration request body (already decoded from JSON)."""
+    if not isinstance(data, dict):
+        raise RegistrationError("invalid_client_metadata", "the request body must be a JSON object")
+
+    redirect_uris = data.get("redirect_uris")
+    if not isinstance(redirect_uris, list) or not redirect_uris:
+        raise RegistrationError("invalid_redirect_uri", "redirect_uris must be a non-empty array")
+    if len(redirect_uris) > MAX_REDIRECT_URIS:
+        raise RegistrationError("invalid_redirect_uri", f"at most {MAX_REDIRECT_URIS} redirect URIs")
+    for uri in redirect_uris:
+        problem = redirect_uri_problem(uri)
+        if problem:
+            raise RegistrationError("invalid_redirect_uri", f"{str(uri)[:200]!r}: {problem}")
+
+    auth_method = data.get("token_endpoint_auth_method") or "client_secret_basic"
+    if auth_method not in AUTH_METHODS:
+        raise RegistrationError(
+            "invalid_client_metadata",
+            f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}",
+        )
+
+    grant_types = _string_list(data, "grant_types", ["authorization_code"])
+    if "authorization_code" not in grant_types or not set(grant_types) <= {
+        "authorization_code",
+        "refresh_token",
+    }:
+        raise RegistrationError(
+            "invalid_client_metadata", "grant_types must be authorization_code, optionally with refresh_token"
+        )
+    response_types = _string_list(data, "response_types", ["code"])
+    if response_types != ["code"]:
+        raise RegistrationError("invalid_client_metadata", 'response_types must be ["code"]')
+
+    scope = data.get("scope") or ""
+    if not isinstance(scope, str):
+        raise RegistrationError("invalid_client_metadata", "scope must be a string")
+    # Unknown scopes are dropped rather than refused (RFC 7591 section 2 lets the server
+    # replace them): clients that ask for `openid profile` still get a working registration.
+    known = settings.OAUTH2_PROVIDER["SCOPES"]
+    granted = [s for s in dict.fromkeys(scope.split()) if s in known] or list(
+        settings.OAUTH2_PROVIDER["DEFAULT_SCOPES"]
+    )
+
+    client_name = data.get("client_name") or ""
+    if not isinstance(client_name, str) or len(client_name) > 255:
+        raise RegistrationError("invalid_client_metadata", "client_name must be a string of at most 255")
+
+    extra: dict[str, Any] = {}
+    for name in URL_FIELDS:
+        value = data.get(name)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str) or len(value) > MAX_URI_LENGTH:
+            raise RegistrationError("invalid_client_metadata", f"{name} must be a URL string")
+        if urlsplit(value).scheme not in {"http", "https"}:
+            raise RegistrationError("invalid_client_metadata", f"{name} must be an http(s) URL")
+        extra[name] = value
+    for name in TEXT_FIELDS:
+        value = data.get(name)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str) or len(value) > 255:
+            raise RegistrationError("invalid_client_metadata", f"{name} must be a short string")
+        extra[name] = value
+    contacts = data.get("contacts")
+    if contacts:
+        if not isinstance(contacts, list) or not all(isinstance(c, str) and len(c) < 255 for c in contacts):
+            raise RegistrationError("invalid_client_metadata", "contacts must be an array of strings")
+        extra["contacts"] = contacts[:10]
+
+    return ClientMetadata(
+        redirect_uris=list(dict.fromkeys(redirect_uris)),
+        token_endpoint_auth_method=auth_method,
+        grant_types=list(dict.fromkeys(grant_types)),
+        response_types=response_types,
+        scope=" ".join(granted),
+        client_name=client_name.strip(),
+        extra=extra,
+    )

@@ -1,0 +1,136 @@
+"""Writes for the authorization server: registration, consent, revocation, client state."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+from oauth2_provider.generators import generate_client_id, generate_client_secret
+from oauth2_provider.models import AccessToken, Grant, RefreshToken
+
+from .models import Application, Consent
+from .registration import ClientMetadata
+
+LAST_USED_GRANULARITY_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class RegisteredClient:
+    application: Application
+    client_secret: str | None
+
+    def response(self, metadata: ClientMetadata) -> dict[str, Any]:
+        """The RFC 7591 section 3.2.1 response: registered metadata, nothing unset."""
+        body: dict[str, Any] = {
+            "client_id": self.application.client_id,
+            "client_id_issued_at": int(self.application.created.timestamp()),
+            "redirect_uris": metadata.redirect_uris,
+            "token_endpoint_auth_method": metadata.token_endpoint_auth_method,
+            "grant_types": metadata.grant_types,
+            "response_types": metadata.response_types,
+            "scope": metadata.scope,
+        }
+        if self.client_secret is not None:
+            body["client_secret"] = self.client_secret
+            body["client_secret_expires_at"] = 0
+        if metadata.client_name:
+            body["client_name"] = metadata.client_name
+        body.update(metadata.extra)
+        return body
+
+
+def client_register(*, metadata: ClientMetadata, remote_addr: str | None) -> RegisteredClient:
+    """Create a dynamically registered client. The secret is returned once, stored hashed."""
+    secret = None if metadata.is_public else generate_client_secret()
+    application = Application(
+        client_id=generate_client_id(),
+        client_secret=secret or secrets.token_urlsafe(48),
+        client_type=Application.CLIENT_PUBLIC if metadata.is_public else Application.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=Application.GRANT_AUTHORIZATION_CODE,
+        redirect_uris=" ".join(metadata.redirect_uris),
+        name=metadata.client_name,
+        registration_source=Application.RegistrationSource.DCR,
+        registration_metadata={
+            "token_endpoint_auth_method": metadata.token_endpoint_auth_method,
+            "grant_types": metadata.grant_types,
+            "scope": metadata.scope,
+            **metadata.extra,
+        },
+        registered_from=remote_addr,
+    )
+    application.full_clean(exclude=["client_secret"])
+    application.save()
+    return RegisteredClient(application=application, client_secret=secret)
+
+
+def consent_record(*, user: AbstractBaseUser, application: Application, scopes: list[str]) -> Consent:
+    """Remember that `user` approved `application` for `scopes` (added to earlier approvals)."""
+    with transaction.atomic():
+        consent, created = Consent.objects.select_for_update().get_or_create(
+            user=user, application=application, defaults={"scope": " ".join(sorted(set(scopes)))}
+        )
+        if not created:
+            consent.scope = " ".join(sorted(consent.scopes | set(scopes)))
+            consent.save(update_fields=["scope", "updated"])
+    return consent
+
+
+def tokens_revoke(*, user: AbstractBaseUser | None = None, application: Application | None = None) -> int:
+    """Revoke every token and pending code of a user, a client, or a user on one client.
+
+    Refresh tokens are marked revoked (reuse protection keeps its tombstones); access tokens
+    are deleted, which also drops them from the MCP server's token cache. Returns how many
+    access tokens died.
+    """
+    if user is None and application is None:
+        raise ValueError("tokens_revoke needs a user, an application or both")
+    filters: dict[str, Any] = {}
+    if user is not None:
+        filters["user"] = user
+    if application is not None:
+        filters["application"] = application
+    now = timezone.now()
+    with transaction.atomic():
+        RefreshToken.objects.filter(revoked__isnull=True, **filters).update(
+            revoked=now, updated=now, access_token=None
+        )
+        Grant.objects.filter(**filters).delete()
+        deleted, _ = AccessToken.objects.filter(**filters).delete()
+    return deleted
+
+
+def consent_revoke(*, user: AbstractBaseUser, application: Application) -> None:
+    """Forget the user's approval of a client and kill its tokens for that user at once."""
+    with transaction.atomic():
+        Consent.objects.filter(user=user, application=application).delete()
+        tokens_revoke(user=user, application=application)
+
+
+def application_disable(*, application: Application) -> None:
+    """Stop a client: its tokens die now and it cannot obtain new ones."""
+    with transaction.atomic():
+        Application.objects.filter(pk=application.pk).update(disabled_at=timezone.now())
+        tokens_revoke(application=application)
+
+
+def application_enable(*, application: Application) -> None:
+    Application.objects.filter(pk=application.pk).update(disabled_at=None)
+
+
+def client_mark_used(*, application_id: int, user_id: int | None) -> None:
+    """Record that a client (and the user's consent for it) was used just now.
+
+    Throttled through the cache so a busy client costs at most one write a minute.
+    """
+    key = f"oauthapp:used:{application_id}:{user_id}"
+    if not cache.add(key, 1, LAST_USED_GRANULARITY_SECONDS):
+        return
+    now = timezone.now()
+    Application.objects.filter(pk=application_id).update(last_used_at=now)
+    if user_id is not None:
+        Consent.objects.filter(application_id=application_id, user_id=user_id).update(last_used_at=now)

@@ -1,0 +1,295 @@
+"""The authorization server's HTTP surface. Views parse, call a service, serialise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+from oauth2_provider import views as dot_views
+from oauth2_provider.exceptions import OAuthToolkitError
+from oauth2_provider.models import AccessToken
+from oauth2_provider.oauth2_backends import _add_iss_to_redirect
+from oauthlib.oauth2.rfc6749.errors import CustomOAuth2Error
+
+from . import selectors, services
+from .models import Application
+from .registration import RegistrationError, parse_client_metadata
+
+
+def oauth_error(error: str, description: str, status: int = 400, **headers: str) -> JsonResponse:
+    """An RFC 6749 section 5.2 style error body."""
+    response = JsonResponse({"error": error, "error_description": description}, status=status)
+    response["Cache-Control"] = "no-store"
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def client_address(request: HttpRequest) -> str | None:
+    if settings.BEHIND_PROXY:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return forwarded.split(",")[-1].strip() or None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+# --- Discovery -------------------------------------------------------------------------------
+
+
+class AuthorizationServerMetadataView(dot_views.OAuthServerMetadataView):
+    """RFC 8414, built by django-oauth-toolkit from PUBLIC_URL; we add what MCP clients need."""
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = super().get(request, *args, **kwargs)
+        data = json.loads(response.content)
+        data["registration_endpoint"] = f"{settings.PUBLIC_URL}/register"
+        data["code_challenge_methods_supported"] = ["S256"]
+        data["revocation_endpoint_auth_methods_supported"] = [
+            "none",
+            "client_secret_basic",
+            "client_secret_post",
+        ]
+        data["introspection_endpoint_auth_methods_supported"] = ["client_secret_basic", "client_secret_post"]
+        data["service_documentation"] = f"{settings.PUBLIC_URL}/"
+        fresh = JsonResponse(data)
+        fresh["Access-Control-Allow-Origin"] = "*"
+        return fresh
+
+
+class ProtectedResourceMetadataView(dot_views.OAuthProtectedResourceMetadataView):
+    """RFC 9728: the resource is named from PUBLIC_URL, never from the Host header."""
+
+    def get_resource(self, request: HttpRequest) -> str:
+        suffix = (self.kwargs.get("resource_path") or "").strip("/")
+        return f"{settings.PUBLIC_URL}/{suffix}" if suffix else settings.PUBLIC_URL
+
+    def get_authorization_servers(self, request: HttpRequest) -> list[str]:
+        return [settings.PUBLIC_URL]
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        suffix = (kwargs.get("resource_path") or "").strip("/")
+        if suffix and f"/{suffix}" not in selectors.MCP_PATHS:
+            return oauth_error("not_found", "No protected resource at that path", status=404)
+        return super().get(request, *args, **kwargs)
+
+
+# --- Registration (RFC 7591) -------------------------------------------------------------------
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class RegisterView(View):
+    """Open dynamic client registration, as MCP requires, behind a size cap and a rate limit."""
+
+    http_method_names = ["post", "options"]
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit() or int(length) > settings.REGISTRATION_MAX_BODY_BYTES:
+            return oauth_error(
+                "invalid_client_metadata",
+                f"The registration body is limited to {settings.REGISTRATION_MAX_BODY_BYTES} bytes",
+                status=413,
+            )
+        address = client_address(request)
+        if not self._within_rate_limit(address):
+            return oauth_error(
+                "invalid_request",
+                "Too many registrations from this address; try again later",
+                status=429,
+                Retry_After=str(settings.REGISTRATION_RATE_WINDOW),
+            )
+        try:
+            data = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            return oauth_error("invalid_client_metadata", "The request body must be a JSON object")
+        try:
+            metadata = parse_client_metadata(data)
+        except RegistrationError as exc:
+            return oauth_error(exc.error, exc.description)
+        client = services.client_register(metadata=metadata, remote_addr=address)
+        response = JsonResponse(client.response(metadata), status=201)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @staticmethod
+    def _within_rate_limit(address: str | None) -> bool:
+        limit = settings.REGISTRATION_RATE_LIMIT
+        if limit <= 0:
+            return True
+        key = f"oauthapp:register:{hashlib.sha256((address or '-').encode()).hexdigest()[:32]}"
+        cache.add(key, 0, settings.REGISTRATION_RATE_WINDOW)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.add(key, 1, settings.REGISTRATION_RATE_WINDOW)
+            count = 1
+        return count <= limit
+
+
+# --- Authorization -----------------------------------------------------------------------------
+
+
+class AuthorizeView(dot_views.AuthorizationView):
+    """The authorization endpoint and consent page.
+
+    The request is validated before anyone is asked to log in, so a bad client or redirect
+    URI is shown on our page and never redirected. Consent is remembered per user, client
+    and scope: a request covered by an earlier approval skips the page.
+    """
+
+    template_name = "oauthapp/consent.html"
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        self.oauth2_data = {}
+        if request.method == "GET":
+            try:
+                _scopes, credentials = self.validate_authorization_request(request)
+            except OAuthToolkitError as error:
+                return self.error_response(error, application=None)
+            unknown = [r for r in request.GET.getlist("resource") if not selectors.resource_is_known(r)]
+            if unknown:
+                return self._invalid_target(credentials, unknown[0])
+        return super().dispatch(request, *args, **kwargs)
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            scopes, credentials = self.validate_authorization_request(request)
+        except OAuthToolkitError as error:
+            return self.error_response(error, application=None)
+        application = Application.objects.get(client_id=credentials["client_id"])
+        if selectors.consent_covers(user=request.user, application=application, scopes=scopes):
+            resources = request.GET.getlist("resource")
+            if resources:
+                credentials["resource"] = resources
+            try:
+                uri, _headers, _body, _status = self.create_authorization_response(
+                    request=request, scopes=" ".join(scopes), credentials=credentials, allow=True
+                )
+            except OAuthToolkitError as error:
+                return self.error_response(error, application)
+            return self.redirect(uri, application)
+        return super().get(request, *args, **kwargs)
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        resources = (form.cleaned_data.get("resource") or "").split()
+        unknown = [r for r in resources if not selectors.resource_is_known(r)]
+        if unknown:
+            return self._invalid_target(form.cleaned_data, unknown[0])
+        response = super().form_valid(form)
+        if form.cleaned_data.get("allow") and response.status_code == 302:
+            location = response.get("Location", "")
+            if "code=" in location:
+                application = Application.objects.get(client_id=form.cleaned_data["client_id"])
+                services.consent_record(
+                    user=self.request.user,
+                    application=application,
+                    scopes=form.cleaned_data.get("scope", "").split(),
+                )
+        return response
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        redirect_uri = context.get("redirect_uri") or ""
+        from urllib.parse import urlsplit
+
+        context["redirect_host"] = urlsplit(redirect_uri).netloc if redirect_uri else ""
+        return context
+
+    def redirect(self, redirect_to: str, application: Application | None) -> HttpResponse:
+        # RFC 9207: every authorization response carries `iss`, errors (Deny) included.
+        if redirect_to and "://" in redirect_to:
+            redirect_to = _add_iss_to_redirect(redirect_to, settings.PUBLIC_URL)
+        return super().redirect(redirect_to, application)
+
+    def _invalid_target(self, credentials: Any, resource: str) -> HttpResponse:
+        error = OAuthToolkitError(
+            error=CustomOAuth2Error(
+                error="invalid_target",
+                description=f"Unknown resource {resource[:200]!r}",
+                state=credentials.get("state"),
+            ),
+            redirect_uri=credentials.get("redirect_uri"),
+        )
+        application = Application.objects.filter(client_id=credentials.get("client_id")).first()
+        return self.error_response(error, application)
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class TokenView(dot_views.TokenView):
+    """The token endpoint; records when the client was last used."""
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = super().post(request, *args, **kwargs)
+        response["Cache-Control"] = "no-store"
+        response["Pragma"] = "no-cache"
+        if response.status_code == 200:
+            try:
+                raw = json.loads(response.content).get("access_token", "")
+            except ValueError:
+                raw = ""
+            if raw:
+                checksum = hashlib.sha256(raw.encode()).hexdigest()
+                token = AccessToken.objects.filter(token_checksum=checksum).values(
+                    "application_id", "user_id"
+                )
+                for row in token[:1]:
+                    services.client_mark_used(application_id=row["application_id"], user_id=row["user_id"])
+        return response
+
+
+# --- Pages -------------------------------------------------------------------------------------
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "registration/login.html"
+    redirect_authenticated_user = True
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    config = {
+        "mcpServers": {
+            "django-mcp": {
+                "command": "npx",
+                "args": ["mcp-remote", f"{settings.PUBLIC_URL}/sse"],
+            }
+        }
+    }
+    return render(
+        request,
+        "home.html",
+        {
+            "sse_url": f"{settings.PUBLIC_URL}/sse",
+            "mcp_url": f"{settings.PUBLIC_URL}/mcp",
+            "claude_config": json.dumps(config, indent=2),
+        },
+    )
+
+
+@login_required
+def connected_apps(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "oauthapp/connected_apps.html",
+        {"consents": selectors.consent_list_for_user(user=request.user)},
+    )
+
+
+@login_required
+@require_POST
+def connected_app_revoke(request: HttpRequest, client_id: str) -> HttpResponse:
+    application = get_object_or_404(Application, client_id=client_id)
+    services.consent_revoke(user=request.user, application=application)
+    messages.success(request, f"{application.display_name} can no longer use your account.")
+    return redirect("connected-apps")
