@@ -69,10 +69,10 @@ def manage(env: dict[str, str], *args: str, input_text: str | None = None) -> st
 
 
 def create_user(env: dict[str, str], username: str, password: str, **fields: Any) -> None:
-    extra = ", ".join(f"{key}={value!r}" for key, value in fields.items())
+    extra = "".join(f", {key}={value!r}" for key, value in fields.items())
     code = (
         "from django.contrib.auth import get_user_model; "
-        f"get_user_model().objects.create_user({username!r}, password={password!r}{', ' + extra if extra else ''})"
+        f"get_user_model().objects.create_user({username!r}, password={password!r}{extra})"
     )
     manage(env, "shell", "-c", code)
 
