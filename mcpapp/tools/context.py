@@ -1,0 +1,36 @@
+"""Who is calling a tool: set by the MCP session for the duration of every tool call.
+
+Tools are plain typed functions; one that needs the caller reads `current_caller()`.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from mcp.server.mcpserver.exceptions import ToolError
+
+__all__ = ["Caller", "ToolError", "current_caller"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: int
+    username: str
+    client_id: str
+    client_name: str
+    scopes: tuple[str, ...]
+
+
+_caller: ContextVar[Caller | None] = ContextVar("mcp_caller", default=None)
+
+
+def current_caller() -> Caller:
+    caller = _caller.get()
+    if caller is None:
+        raise ToolError("This tool needs an authenticated MCP session")
+    return caller
+
+
+def set_caller(caller: Caller | None) -> None:
+    _caller.set(caller)
