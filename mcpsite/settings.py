@@ -288,6 +288,8 @@ MCP_MAX_BODY_BYTES = env_int("MCP_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024
 MCP_KEEPALIVE_SECONDS = env_int("MCP_KEEPALIVE_SECONDS", 15, minimum=1)
 MCP_AUTH_RECHECK_SECONDS = env_int("MCP_AUTH_RECHECK_SECONDS", 5, minimum=1)
 MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 3600, minimum=10)
+# Browser origins allowed to call /mcp and /sse besides PUBLIC_URL and loopback origins.
+MCP_ALLOWED_ORIGINS = env_list("MCP_ALLOWED_ORIGINS")
 # The official conformance suite's tools, resources and prompts; for testing only.
 MCP_CONFORMANCE_FIXTURES = env_bool("MCP_CONFORMANCE_FIXTURES", False)
 

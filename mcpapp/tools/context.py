@@ -20,6 +20,7 @@ class Caller:
     client_id: str
     client_name: str
     scopes: tuple[str, ...]
+    application_id: int = 0
 
 
 _caller: ContextVar[Caller | None] = ContextVar("mcp_caller", default=None)
@@ -34,3 +35,13 @@ def current_caller() -> Caller:
 
 def set_caller(caller: Caller | None) -> None:
     _caller.set(caller)
+
+
+def requires_permission(permission: str):  # type: ignore[no-untyped-def]
+    """Mark a tool as usable only by users holding `permission` (granted in Django admin)."""
+
+    def decorate(fn):  # type: ignore[no-untyped-def]
+        fn.required_permission = permission
+        return fn
+
+    return decorate

@@ -1,0 +1,94 @@
+"""The official `mcp` Python SDK client, doing the whole OAuth flow against our server.
+
+The SDK opens the authorization URL through `redirect_handler`; here a logged-in Browser
+follows it like a person would: it sees our consent page and presses Approve, and the
+callback's query goes back to the SDK.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+from mcp import Client
+from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider, TokenStorage
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+
+from tests.support.oauth import Browser, hidden_fields, query_of
+
+CALLBACK = "http://localhost:33419/callback"
+
+
+class MemoryStorage(TokenStorage):
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+def oauth_provider(server_url: str, browser: Browser, storage: MemoryStorage) -> OAuthClientProvider:
+    captured: dict[str, str] = {}
+
+    async def redirect_handler(authorization_url: str) -> None:
+        page = browser.http.get(authorization_url)
+        if page.status_code == 200:  # the consent page: approve
+            form = hidden_fields(page.text)
+            form["allow"] = "Authorize"
+            page = browser.http.post(authorization_url, data=form)
+        assert page.status_code == 302, page.text
+        captured["location"] = page.headers["location"]
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        query = query_of(captured["location"])
+        return AuthorizationCodeResult(code=query["code"], state=query.get("state"), iss=query.get("iss"))
+
+    return OAuthClientProvider(
+        server_url=server_url,
+        client_metadata=OAuthClientMetadata(
+            client_name="SDK test client",
+            redirect_uris=[CALLBACK],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        ),
+        storage=storage,
+        redirect_handler=redirect_handler,
+        callback_handler=callback_handler,
+    )
+
+
+async def call_tool(
+    server_url: str,
+    browser: Browser,
+    tool: str,
+    arguments: dict[str, Any],
+    *,
+    transport: str = "mcp",
+    mode: str = "auto",
+    storage: MemoryStorage | None = None,
+) -> tuple[Any, list[str]]:
+    """Connect with the SDK (OAuth included), call one tool; returns (result, tool names)."""
+    storage = storage or MemoryStorage()
+    auth = oauth_provider(server_url, browser, storage)
+    async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
+        if transport == "sse":
+            connection = sse_client(server_url, auth=auth)
+        else:
+            connection = streamable_http_client(server_url, http_client=http)
+        async with Client(connection, mode=mode) as client:
+            tools = await client.list_tools()
+            result = await client.call_tool(tool, arguments)
+            return result, [t.name for t in tools.tools]
