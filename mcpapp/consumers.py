@@ -149,10 +149,37 @@ class MCPConsumer(AsyncConsumer):
                     logger.info("closing an MCP stream: its token is no longer valid")
                     return {"type": "http.disconnect"}
 
+        progress = {"started": False, "finished": False}
+
         async def send_with_cors(message: dict[str, Any]) -> None:
-            if cors and message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *cors]}
+            if message["type"] == "http.response.start":
+                progress["started"] = True
+                if cors:
+                    message = {**message, "headers": [*message.get("headers", []), *cors]}
+                await send(message)
+                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+                if content_type.startswith(b"text/event-stream"):
+                    # daphne sends the headers with the first body chunk; a comment gets the
+                    # stream to the client now rather than at the first event or ping.
+                    await send({"type": "http.response.body", "body": b": open\n\n", "more_body": True})
+                return
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                progress["finished"] = True
             await send(message)
+
+        try:
+            await self.route(scope, info, guarded_receive, send_with_cors, body)
+        finally:
+            if progress["started"] and not progress["finished"]:
+                # A stream the transport abandoned (client gone, token revoked): end it
+                # properly so the server closes the connection instead of leaving it hanging.
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def route(
+        self, scope: Scope, info: TokenInfo, guarded_receive: Receive, send_with_cors: Send, body: bytes
+    ) -> None:
+        path = scope["path"]
 
         worker = await get_worker()
         if path == "/sse":

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.live import LiveServer, create_user, prepare_server
+from tests.support.live import LiveServer, create_users, prepare_server
 from tests.support.oauth import Browser
 
 ALICE = ("alice", "alice-password-123")
@@ -17,8 +17,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One daphne worker on SQLite with users alice and bob, shared by the session's tests."""
     tmp: Path = tmp_path_factory.mktemp("live")
     server = prepare_server(tmp)
-    create_user(server.env, *ALICE, email="alice@example.com")
-    create_user(server.env, *BOB)
+    create_users(server.env, (*ALICE, {"email": "alice@example.com"}), (*BOB, {}))
     server.start()
     yield server
     server.stop()

@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,13 +69,17 @@ def manage(env: dict[str, str], *args: str, input_text: str | None = None) -> st
     return result.stdout
 
 
-def create_user(env: dict[str, str], username: str, password: str, **fields: Any) -> None:
-    extra = "".join(f", {key}={value!r}" for key, value in fields.items())
-    code = (
-        "from django.contrib.auth import get_user_model; "
-        f"get_user_model().objects.create_user({username!r}, password={password!r}{extra})"
-    )
+def create_users(env: dict[str, str], *users: tuple[str, str, dict[str, Any]]) -> None:
+    """Create (username, password, fields) users in one manage.py run."""
+    code = "from django.contrib.auth import get_user_model; User = get_user_model()\n"
+    for username, password, fields in users:
+        extra = "".join(f", {key}={value!r}" for key, value in fields.items())
+        code += f"User.objects.create_user({username!r}, password={password!r}{extra})\n"
     manage(env, "shell", "-c", code)
+
+
+def create_user(env: dict[str, str], username: str, password: str, **fields: Any) -> None:
+    create_users(env, (username, password, fields))
 
 
 @dataclass
@@ -145,12 +150,35 @@ class LiveServer:
             return list(conn.execute(query.replace("?", "%s"), params).fetchall())
 
 
+_sqlite_template: Path | None = None
+
+
+def migrated_sqlite(target: Path) -> None:
+    """A freshly migrated SQLite database at `target`.
+
+    `manage.py migrate` runs once per test session into a template that each server then
+    gets a copy of (through SQLite's backup API, so nothing in the WAL is lost).
+    """
+    global _sqlite_template
+    if _sqlite_template is None:
+        template = Path(tempfile.mkdtemp(prefix="mcp-template-")) / "template.sqlite3"
+        manage(base_env(port=1, database_url=f"sqlite:///{template}"), "migrate", "--noinput")
+        _sqlite_template = template
+    with sqlite3.connect(_sqlite_template) as source, sqlite3.connect(target) as copy:
+        source.backup(copy)
+
+
 def prepare_server(
     tmp_dir: Path, *, database_url: str | None = None, port: int | None = None, **overrides: str
 ) -> LiveServer:
-    """Migrate a fresh database and return a (not yet started) server for it."""
+    """A (not yet started) server on a freshly migrated database of its own."""
     port = port or free_port()
-    database_url = database_url or f"sqlite:///{tmp_dir / 'db.sqlite3'}"
-    env = base_env(port=port, database_url=database_url, **overrides)
-    manage(env, "migrate", "--noinput")
+    if database_url is None:
+        path = tmp_dir / f"db-{port}.sqlite3"
+        migrated_sqlite(path)
+        database_url = f"sqlite:///{path}"
+        env = base_env(port=port, database_url=database_url, **overrides)
+    else:
+        env = base_env(port=port, database_url=database_url, **overrides)
+        manage(env, "migrate", "--noinput")
     return LiveServer(env=env, port=port, log_path=tmp_dir / f"server-{port}.log")
