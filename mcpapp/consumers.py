@@ -274,28 +274,39 @@ class MCPConsumer(AsyncConsumer):
             },
         )
         peer: str | None = None
+        me = self.channel_name
+        # Receives on the channel layer are never cancelled (channels_redis turns a cancelled
+        # read into an error): the timeout and the client's disconnect arrive as messages.
         async with anyio.create_task_group() as tg:
 
             async def watch_client() -> None:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        if peer:
-                            await layer.send(peer, {"type": "mcp.tunnel.disconnect"})
-                        tg.cancel_scope.cancel()
+                        await layer.send(me, {"type": "mcp.tunnel.client_gone"})
                         return
 
+            async def deadline() -> None:
+                await anyio.sleep(FORWARD_TIMEOUT_SECONDS)
+                await layer.send(me, {"type": "mcp.tunnel.timeout"})
+
             tg.start_soon(watch_client)
+            tg.start_soon(deadline)
             while True:
-                with anyio.move_on_after(FORWARD_TIMEOUT_SECONDS if peer is None else None) as waited:
-                    event = await layer.receive(self.channel_name)
-                if waited.cancelled_caught:
+                event = await layer.receive(me)
+                kind = event.get("type")
+                if kind == "mcp.tunnel.timeout":
+                    if peer is not None:
+                        continue
                     # The owner never answered: its worker is gone, and the session with it.
                     await registry.session_forget(session_id)
                     await send_jsonrpc_error(send, 404, INVALID_REQUEST, "Session not found")
-                    tg.cancel_scope.cancel()
-                    return
-                if event.get("type") != "mcp.tunnel.send":
+                    break
+                if kind == "mcp.tunnel.client_gone":
+                    if peer:
+                        await layer.send(peer, {"type": "mcp.tunnel.disconnect"})
+                    break
+                if kind != "mcp.tunnel.send":
                     continue
                 peer = event["peer"]
                 message = event["message"]
@@ -303,5 +314,5 @@ class MCPConsumer(AsyncConsumer):
                     message = {**message, "headers": [(bytes(k), bytes(v)) for k, v in message["headers"]]}
                 await send(message)
                 if message["type"] == "http.response.body" and not message.get("more_body", False):
-                    tg.cancel_scope.cancel()
-                    return
+                    break
+            tg.cancel_scope.cancel()

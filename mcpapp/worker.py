@@ -129,6 +129,13 @@ class Worker:
         await self._started.wait()
 
     async def _main(self) -> None:
+        try:
+            await self._run()
+        except BaseException:
+            logger.exception("the MCP worker stopped")
+            raise
+
+    async def _run(self) -> None:
         self.layer = get_channel_layer()
         self.channel = await self.layer.new_channel("mcpworker.")
         async with self.manager.run(), anyio.create_task_group() as tg:
@@ -138,7 +145,13 @@ class Worker:
             while True:
                 message = await self.layer.receive(self.channel)
                 if message.get("type") == "mcp.tunnel.request":
-                    tg.start_soon(self._serve_forwarded, message)
+                    tg.start_soon(self._serve_forwarded_safely, message)
+
+    async def _serve_forwarded_safely(self, message: dict[str, Any]) -> None:
+        try:
+            await self._serve_forwarded(message)
+        except Exception:
+            logger.exception("could not serve a forwarded MCP request")
 
     # --- requests served here -----------------------------------------------------------------
 
@@ -295,22 +308,24 @@ class Worker:
         async def send(asgi_message: dict[str, Any]) -> None:
             await self.layer.send(reply, {"type": "mcp.tunnel.send", "message": asgi_message, "peer": peer})
 
+        async def listen() -> None:
+            # Receives on the channel layer are never cancelled (channels_redis turns a
+            # cancelled read into an error); the loop ends on a message instead.
+            while True:
+                event = await self.layer.receive(peer)
+                if event.get("type") in {"mcp.tunnel.disconnect", "mcp.tunnel.done"}:
+                    disconnected.set()
+                    return
+
         async with anyio.create_task_group() as tg:
-
-            async def listen() -> None:
-                while True:
-                    event = await self.layer.receive(peer)
-                    if event.get("type") == "mcp.tunnel.disconnect":
-                        disconnected.set()
-                        return
-
             tg.start_soon(listen)
             try:
                 await self.dispatch_local(scope, receive, send)
             except Exception:
                 logger.exception("forwarded MCP request failed")
             finally:
-                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self.layer.send(peer, {"type": "mcp.tunnel.done"})
 
 
 _worker: Worker | None = None

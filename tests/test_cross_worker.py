@@ -1,0 +1,122 @@
+"""Any worker serves any session: two daphne processes sharing PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.live import LiveServer, create_users, free_port, prepare_server
+from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body
+from tests.support.oauth import Browser, obtain_token
+from tests.support.services import fresh_postgres_database, fresh_redis_database
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, LiveServer]]:
+    tmp: Path = tmp_path_factory.mktemp("workers")
+    with fresh_postgres_database() as database_url, fresh_redis_database() as redis_url:
+        port_a, port_b = free_port(), free_port()
+        public = f"http://127.0.0.1:{port_a}"
+        first = prepare_server(
+            tmp, database_url=database_url, port=port_a, REDIS_URL=redis_url, PUBLIC_URL=public
+        )
+        create_users(first.env, ("alice", "alice-password-123", {}))
+        second = LiveServer(env={**first.env}, port=port_b, log_path=tmp / f"server-{port_b}.log")
+        first.start()
+        second.start()
+        try:
+            yield first, second
+        finally:
+            first.stop()
+            second.stop()
+
+
+@pytest.fixture(scope="module")
+def token(workers: tuple[LiveServer, LiveServer]) -> str:
+    first, _ = workers
+    browser = Browser(first.url)
+    assert browser.login("alice", "alice-password-123").status_code == 302
+    return obtain_token(first.url, browser)["access_token"]
+
+
+def post(url: str, token: str, body: dict) -> httpx.Response:
+    return httpx.post(
+        url,
+        json=body,
+        headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"},
+        timeout=30,
+    )
+
+
+def test_an_sse_session_on_one_worker_takes_messages_through_the_other(
+    workers: tuple[LiveServer, LiveServer], token: str
+) -> None:
+    first, second = workers
+    stream = SSEStream(first.url, token)
+    event = stream.next()
+    assert event is not None and event[0] == "endpoint"
+    endpoint = second.url + event[1]
+
+    assert post(endpoint, token, initialize_body("2024-11-05")).status_code == 202
+    assert stream.next_message()["result"]["serverInfo"]["name"]
+    assert post(endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "add", "arguments": {"a": 23, "b": 19}},
+    }
+    assert post(endpoint, token, call).status_code == 202
+    answer = stream.next_message()
+    assert answer["id"] == 7
+    assert answer["result"]["content"][0]["text"] == "42"
+    stream.close()
+
+
+def test_a_streamable_http_session_moves_freely_between_workers(
+    workers: tuple[LiveServer, LiveServer], token: str
+) -> None:
+    first, second = workers
+    on_first = MCPHttp(first.url, token)
+    on_first.initialize()
+    # Every later request goes to the other worker, which does not hold the session.
+    on_second = MCPHttp(second.url, token)
+    on_second.session_id = on_first.session_id
+    assert {"add", "whoami"} <= {t["name"] for t in on_second.request("tools/list")["result"]["tools"]}
+    for _ in range(3):
+        assert on_second.call("add", {"a": 23, "b": 19})["result"]["content"][0]["text"] == "42"
+    # The standalone stream can be opened through the other worker too.
+    stream = SSEStream(
+        second.url,
+        token,
+        path="/mcp",
+        **{"Mcp-Session-Id": on_first.session_id or "", "MCP-Protocol-Version": "2025-06-18"},
+    )
+    assert stream.status == 200
+    stream.close()
+    # Ending the session through the other worker ends it everywhere.
+    assert on_second.http.delete("/mcp", headers=on_second.headers()).status_code == 200
+    assert on_first.post({"jsonrpc": "2.0", "id": 50, "method": "tools/list"}).status_code == 404
+    on_first.close()
+    on_second.close()
+
+
+def test_a_token_revoked_on_one_worker_dies_on_the_other(workers: tuple[LiveServer, LiveServer]) -> None:
+    first, second = workers
+    browser = Browser(first.url)
+    assert browser.login("alice", "alice-password-123").status_code == 302
+    issued = obtain_token(first.url, browser)
+    client = MCPHttp(second.url, issued["access_token"])
+    client.initialize()  # caches the token's validation in the shared cache
+    revoked = httpx.post(
+        f"{first.url}/revoke", data={"token": issued["access_token"], "client_id": issued["client"].client_id}
+    )
+    assert revoked.status_code == 200
+    response = client.post({"jsonrpc": "2.0", "id": 9, "method": "tools/list"})
+    assert response.status_code == 401
+    client.close()
