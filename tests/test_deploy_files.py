@@ -108,7 +108,10 @@ def test_the_compose_topology() -> None:
     # Scalable: no container_name, no published port; the proxy alone is published.
     assert "container_name" not in web and "ports" not in web
     assert service_command(compose, "web") == dockerfile_cmd()
-    assert services["proxy"]["ports"] == ["${PROXY_BIND:-0.0.0.0}:${PROXY_PORT:-8787}:80"]
+    assert services["proxy"]["ports"] == [
+        "${PROXY_BIND:-0.0.0.0}:${PROXY_PORT:-8787}:80",
+        "127.0.0.1:${PROXY_FRONT_PORT:-8788}:8080",
+    ]
     assert services["proxy"]["depends_on"] == {"web": {"condition": "service_healthy"}}
     mounts = services["proxy"]["volumes"]
     assert "./deploy/nginx/default.conf.template:/etc/nginx/templates/default.conf.template:ro" in mounts
