@@ -116,12 +116,26 @@ if _public.scheme == "https":
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_PROXY)
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 3600)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    # includeSubDomains covers only names under PUBLIC_URL's host (say *.mcp.example.com),
+    # which a dedicated MCP host does not serve over http anyway.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    # Preloading is a commitment for the whole registrable domain that takes months to undo;
+    # only its owner can make it, so it is opt-in and its deploy-check warning is silenced below.
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
+
+SILENCED_SYSTEM_CHECKS = [
+    # http redirect URIs stay allowed because MCP clients (mcp-remote, the Inspector) use RFC 8252
+    # loopback callbacks such as http://localhost:<port>/oauth/callback; registration refuses
+    # http on any other host (oauthapp.registration).
+    "oauth2_provider.W008",
+    # HSTS preload: see SECURE_HSTS_PRELOAD above.
+    "security.W021",
+]
 
 INSTALLED_APPS = [
     "daphne",
@@ -194,7 +208,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # Fail fast rather than hang a request when Redis is unreachable.
+            "OPTIONS": {"socket_connect_timeout": 5, "socket_timeout": 5},
+        }
+    }
     # The pub/sub layer: forwarded MCP requests go to one live worker's channel, and its
     # reads are safe to cancel (the list-based core layer's are not with redis-py 6+).
     CHANNEL_LAYERS = {
@@ -295,6 +316,12 @@ MCP_ALLOWED_ORIGINS = env_list("MCP_ALLOWED_ORIGINS")
 # The official conformance suite's tools, resources and prompts; for testing only.
 MCP_CONFORMANCE_FIXTURES = env_bool("MCP_CONFORMANCE_FIXTURES", False)
 
+# Cleanup (`manage.py prune_expired`, run daily by the compose `prune` service): dynamically
+# registered clients unused for this many days, or never used this many days after
+# registering, are deleted unless they still hold a usable token.
+CLIENT_UNUSED_DAYS = env_int("CLIENT_UNUSED_DAYS", 90, minimum=1)
+CLIENT_NEVER_USED_DAYS = env_int("CLIENT_NEVER_USED_DAYS", 1, minimum=1)
+
 # --- GitHub login (social-auth) --------------------------------------------------------------
 
 GITHUB_CLIENT_ID = env_str("GITHUB_CLIENT_ID")
@@ -308,7 +335,7 @@ SOCIAL_AUTH_JSONFIELD_ENABLED = True
 # --- Static files, i18n, logging -------------------------------------------------------------
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "staticfiles")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from oauth2_provider.generators import generate_client_id, generate_client_secret
-from oauth2_provider.models import AccessToken, Grant, RefreshToken
+from oauth2_provider.models import AccessToken, Grant, RefreshToken, clear_expired
 
 from .models import Application, Consent
 from .registration import ClientMetadata
@@ -134,3 +137,50 @@ def client_mark_used(*, application_id: int, user_id: int | None) -> None:
     Application.objects.filter(pk=application_id).update(last_used_at=now)
     if user_id is not None:
         Consent.objects.filter(application_id=application_id, user_id=user_id).update(last_used_at=now)
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    access_tokens: int
+    refresh_tokens: int
+    grants: int
+    clients: int
+
+
+def clients_prune_unused(*, unused_days: int, never_used_days: int, now: datetime | None = None) -> int:
+    """Delete dynamically registered clients nobody uses; returns how many went.
+
+    A client goes when it was last used more than `unused_days` ago, or never used and
+    registered more than `never_used_days` ago (mcp-remote registers afresh on every new
+    callback port, so abandoned registrations pile up). A client that still holds an
+    unexpired access token or a refresh token that can still be used is kept whatever its
+    dates say; manually created clients are never touched.
+    """
+    now = now or timezone.now()
+    refreshable_since = now - timedelta(seconds=settings.REFRESH_TOKEN_LIFETIME)
+    stale = Application.objects.filter(registration_source=Application.RegistrationSource.DCR).filter(
+        Q(last_used_at__lt=now - timedelta(days=unused_days))
+        | Q(last_used_at__isnull=True, created__lt=now - timedelta(days=never_used_days))
+    )
+    live_access = AccessToken.objects.filter(expires__gt=now).values("application_id")
+    live_refresh = RefreshToken.objects.filter(
+        revoked__isnull=True, access_token__expires__gt=refreshable_since
+    ).values("application_id")
+    stale = stale.exclude(pk__in=live_access).exclude(pk__in=live_refresh)
+    # Deleting a client cascades to its tokens, grants and consents.
+    _, per_model = stale.delete()
+    return per_model.get(Application._meta.label, 0)
+
+
+def expired_prune(*, unused_days: int, never_used_days: int) -> PruneReport:
+    """Remove expired tokens and codes (django-oauth-toolkit's clear_expired), then unused clients."""
+    before = (AccessToken.objects.count(), RefreshToken.objects.count(), Grant.objects.count())
+    clear_expired()
+    clients = clients_prune_unused(unused_days=unused_days, never_used_days=never_used_days)
+    after = (AccessToken.objects.count(), RefreshToken.objects.count(), Grant.objects.count())
+    return PruneReport(
+        access_tokens=before[0] - after[0],
+        refresh_tokens=before[1] - after[1],
+        grants=before[2] - after[2],
+        clients=clients,
+    )

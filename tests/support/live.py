@@ -96,7 +96,8 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> LiveServer:
+    def start(self, timeout: float = 30, *, ready_statuses: tuple[int, ...] = (200,)) -> LiveServer:
+        """Start daphne and wait until /healthz answers with one of `ready_statuses`."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -120,7 +121,7 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code in ready_statuses:
                     return self
             except httpx.HTTPError:
                 pass
