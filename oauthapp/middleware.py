@@ -1,6 +1,16 @@
 from collections.abc import Callable
+from urllib.parse import urlencode
 
-from django.http import HttpRequest, HttpResponse
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from social_core.exceptions import SocialAuthBaseException
+from social_django.middleware import SocialAuthExceptionMiddleware
+
+from .github import error_message
+
+LOGIN_ERROR_SESSION_KEY = "oauthapp_login_error"
 
 
 class FrameAncestorsMiddleware:
@@ -14,3 +24,36 @@ class FrameAncestorsMiddleware:
         if "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = "frame-ancestors 'none'"
         return response
+
+
+def local_path(url: object) -> str | None:
+    """`url` if it is a path on this site (e.g. the pending /authorize?...), else None."""
+    if not isinstance(url, str) or not url.startswith("/") or url.startswith("//"):
+        return None
+    return url if url_has_allowed_host_and_scheme(url, allowed_hosts=None) else None
+
+
+class SocialAuthErrorMiddleware(SocialAuthExceptionMiddleware):
+    """A failed or refused GitHub login returns to our login page with the reason.
+
+    The pending `next` (usually the /authorize request of an MCP client) is kept, so the
+    user can try again, log in with a password, or deny the client from there. A logged-in
+    user who was linking an account goes back to where they started with a message.
+    """
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if getattr(request, "social_strategy", None) is None:
+            return None
+        if not isinstance(exception, SocialAuthBaseException) or self.raise_exception(request, exception):
+            return None
+        self._log_error(exception, self.get_error_status(request, exception))
+        message = error_message(exception)
+        next_url = local_path(request.session.get("next"))
+        if request.user.is_authenticated:
+            messages.error(request, message)
+            return HttpResponseRedirect(next_url or reverse("connected-apps"))
+        request.session[LOGIN_ERROR_SESSION_KEY] = message
+        login_url = reverse("login")
+        if next_url:
+            login_url += "?" + urlencode({"next": next_url})
+        return HttpResponseRedirect(login_url)
