@@ -1,8 +1,10 @@
 from collections.abc import Callable
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import resolve_url
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from social_core.exceptions import SocialAuthBaseException
@@ -41,6 +43,11 @@ class SocialAuthErrorMiddleware(SocialAuthExceptionMiddleware):
     user who was linking an account goes back to where they started with a message.
     """
 
+    def get_error_status(self, request: HttpRequest, exception: SocialAuthBaseException) -> int:
+        if exception.code == "missing_setting" and not settings.GITHUB_ENABLED:
+            return 404  # someone pressed a GitHub button this server does not offer: not a server fault
+        return super().get_error_status(request, exception)
+
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if getattr(request, "social_strategy", None) is None:
             return None
@@ -49,6 +56,8 @@ class SocialAuthErrorMiddleware(SocialAuthExceptionMiddleware):
         self._log_error(exception, self.get_error_status(request, exception))
         message = error_message(exception)
         next_url = local_path(request.session.get("next"))
+        if next_url == resolve_url(settings.LOGIN_REDIRECT_URL):
+            next_url = None  # social-auth's stand-in for "no next": nothing is pending
         if request.user.is_authenticated:
             messages.error(request, message)
             return HttpResponseRedirect(next_url or reverse("connected-apps"))

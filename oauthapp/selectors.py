@@ -53,9 +53,7 @@ class PendingAuthorization:
 
     def denial_url(self) -> str:
         """The client's validated redirect URI carrying error=access_denied, state and iss."""
-        error = oauth_errors.AccessDeniedError(
-            description="The user denied the request", state=self.state, redirect_uri=self.redirect_uri
-        )
+        error = oauth_errors.AccessDeniedError(description="The user denied the request", state=self.state)
         separator = "&" if "?" in self.redirect_uri else "?"
         return _add_iss_to_redirect(f"{self.redirect_uri}{separator}{error.urlencoded}", settings.PUBLIC_URL)
 
