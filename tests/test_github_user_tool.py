@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from django.contrib.auth import get_user_model
-from pytest_django.fixtures import SettingsWrapper
+from pytest_django.fixtures import Settings
 from social_django.models import UserSocialAuth
 
 from mcpapp.tools.context import Caller, ToolError, set_caller
@@ -21,7 +21,7 @@ OCTOCAT = GithubUser(login="octocat", id=583231, name="The Octocat")
 
 
 @pytest.fixture
-def github_api(settings: SettingsWrapper, fake_github: FakeGithub) -> FakeGithub:
+def github_api(settings: Settings, fake_github: FakeGithub) -> FakeGithub:
     settings.GITHUB_API_URL = fake_github.url
     return fake_github
 
@@ -75,7 +75,7 @@ def test_github_user_with_a_revoked_token_asks_to_log_in_again(
     assert "GitHub no longer accepts the stored token" in str(raised.value)
 
 
-def test_github_user_when_github_is_unreachable_says_so(settings: SettingsWrapper, caller: Caller) -> None:
+def test_github_user_when_github_is_unreachable_says_so(settings: Settings, caller: Caller) -> None:
     settings.GITHUB_API_URL = "http://127.0.0.1:9"  # discard port: nothing listens
     link_github(user_id=caller.user_id, account=OCTOCAT, token="gho_whatever")
     with pytest.raises(ToolError) as raised:
@@ -90,7 +90,7 @@ def test_github_user_needs_an_mcp_caller() -> None:
 
 
 def test_the_stored_token_is_encrypted_and_survives_a_secret_key_rotation(
-    settings: SettingsWrapper, caller: Caller
+    settings: Settings, caller: Caller
 ) -> None:
     social = link_github(user_id=caller.user_id, account=OCTOCAT, token="gho_plaintext-token")
     stored = GithubCredential.objects.get(social=social).ciphertext
