@@ -161,6 +161,8 @@ def error_message(exception: SocialAuthBaseException) -> str:
         return _GITHUB_ERRORS["access_denied"]
     if isinstance(exception, AuthConfigurationError) and exception.code == "missing_setting":
         return "Log in with GitHub is not configured on this server."
+    if exception.code == "disconnect_disallowed":
+        return "GitHub is your only way to log in, so it cannot be unlinked."
     if isinstance(exception, AuthAssociationError):
         return "That GitHub account is already linked to another user of this server."
     if isinstance(exception, AuthSessionError):

@@ -40,7 +40,7 @@ class SocialAuthErrorMiddleware(SocialAuthExceptionMiddleware):
 
     The pending `next` (usually the /authorize request of an MCP client) is kept, so the
     user can try again, log in with a password, or deny the client from there. A logged-in
-    user who was linking an account goes back to where they started with a message.
+    user who was linking or unlinking GitHub goes back to the connected-apps page with a message.
     """
 
     def get_error_status(self, request: HttpRequest, exception: SocialAuthBaseException) -> int:
@@ -55,12 +55,13 @@ class SocialAuthErrorMiddleware(SocialAuthExceptionMiddleware):
             return None
         self._log_error(exception, self.get_error_status(request, exception))
         message = error_message(exception)
+        if request.user.is_authenticated:
+            # Linking or unlinking, which only the connected-apps page offers.
+            messages.error(request, message)
+            return HttpResponseRedirect(reverse("connected-apps"))
         next_url = local_path(request.session.get("next"))
         if next_url == resolve_url(settings.LOGIN_REDIRECT_URL):
             next_url = None  # social-auth's stand-in for "no next": nothing is pending
-        if request.user.is_authenticated:
-            messages.error(request, message)
-            return HttpResponseRedirect(next_url or reverse("connected-apps"))
         request.session[LOGIN_ERROR_SESSION_KEY] = message
         login_url = reverse("login")
         if next_url:

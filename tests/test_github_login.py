@@ -482,3 +482,43 @@ def test_a_github_account_linked_to_someone_else_cannot_be_linked_again(
     [(linked_user_id, _extra)] = social_rows(github_server, taken.id)
     assert linked_user_id != bob_id
     browser.close()
+
+
+def test_unlinking_github_removes_the_link_and_its_token_unless_it_is_the_only_way_in(
+    github_server: LiveServer, fake_github: FakeGithub
+) -> None:
+    # A GitHub-only user (no password) cannot lock themselves out.
+    only_github = github_user("github-only")
+    browser = Browser(github_server.url)
+    fake_github.sign_in_as(only_github)
+    assert log_in_with_github(browser).status_code == 302
+    apps = browser.http.get("/account/apps")
+    refused = browser.http.post(
+        "/disconnect/github/", data={"csrfmiddlewaretoken": csrf_from(apps.text), "next": "/account/apps"}
+    )
+    assert refused.headers["location"] == "/account/apps"
+    assert "GitHub is your only way to log in" in browser.http.get("/account/apps").text
+    assert len(social_rows(github_server, only_github.id)) == 1
+    browser.close()
+
+    # A user with a password can unlink; the stored token goes with the link.
+    linked = github_user("bob-gh")
+    browser = Browser(github_server.url)
+    assert browser.login(*BOB).status_code == 302
+    fake_github.sign_in_as(linked)
+    assert log_in_with_github(browser, next_url="/account/apps", page="/account/apps").status_code == 302
+    [(bob_id, _name, _email)] = user_rows(github_server, "bob")
+    count_tokens = (
+        "SELECT COUNT(*) FROM oauthapp_githubcredential c "
+        "JOIN social_auth_usersocialauth s ON s.id = c.social_id WHERE s.user_id = ?"
+    )
+    assert github_server.sql(count_tokens, (bob_id,)) == [(1,)]
+    apps = browser.http.get("/account/apps")
+    unlinked = browser.http.post(
+        "/disconnect/github/", data={"csrfmiddlewaretoken": csrf_from(apps.text), "next": "/account/apps"}
+    )
+    assert unlinked.headers["location"] == f"{github_server.url}/account/apps"
+    assert "Link GitHub account" in browser.http.get("/account/apps").text
+    assert social_rows(github_server, linked.id) == []
+    assert github_server.sql(count_tokens, (bob_id,)) == [(0,)]
+    browser.close()
