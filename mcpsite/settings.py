@@ -10,6 +10,7 @@ with `DEBUG` off the module refuses to load on an unsafe value rather than run i
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -165,7 +166,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "oauthapp.middleware.FrameAncestorsMiddleware",
-    "social_django.middleware.SocialAuthExceptionMiddleware",
+    "oauthapp.middleware.SocialAuthErrorMiddleware",
 ]
 
 ROOT_URLCONF = "mcpsite.urls"
@@ -231,7 +232,7 @@ else:
 # --- Auth -----------------------------------------------------------------------------------
 
 AUTHENTICATION_BACKENDS = [
-    "social_core.backends.github.GithubOAuth2",
+    "oauthapp.github.GithubBackend",  # always listed, so GitHub sessions survive a config change
     "django.contrib.auth.backends.ModelBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
@@ -324,13 +325,75 @@ CLIENT_NEVER_USED_DAYS = env_int("CLIENT_NEVER_USED_DAYS", 1, minimum=1)
 
 # --- GitHub login (social-auth) --------------------------------------------------------------
 
+# "Log in with GitHub" appears when both the OAuth App's id and secret are set. Register the
+# callback URL {PUBLIC_URL}/complete/github/ in the GitHub OAuth App (docs/github.md).
 GITHUB_CLIENT_ID = env_str("GITHUB_CLIENT_ID")
 GITHUB_CLIENT_SECRET = env_str("GITHUB_CLIENT_SECRET")
+if bool(GITHUB_CLIENT_ID) != bool(GITHUB_CLIENT_SECRET):
+    raise ImproperlyConfigured("Set both GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET, or neither.")
 GITHUB_ENABLED = bool(GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET)
+
+
+def _github_url(name: str, default: str) -> str:
+    """A GitHub endpoint base: https, or http only on a loopback host (the tests' fake GitHub)."""
+    value = env_str(name, default).rstrip("/")
+    parts = urlsplit(value)
+    loopback = parts.hostname in LOOPBACK_HOSTS
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
+        raise ImproperlyConfigured(f"{name}={value!r} must be a URL such as {default}")
+    if parts.scheme != "https" and not loopback:
+        raise ImproperlyConfigured(f"{name}={value!r} must use https")
+    return value
+
+
+# GitHub Enterprise Server: GITHUB_BASE_URL=https://ghe.example.com and
+# GITHUB_API_URL=https://ghe.example.com/api/v3. The tests point both at a fake on 127.0.0.1.
+GITHUB_BASE_URL = _github_url("GITHUB_BASE_URL", "https://github.com")
+GITHUB_API_URL = _github_url("GITHUB_API_URL", "https://api.github.com")
+GITHUB_API_TIMEOUT = env_int("GITHUB_API_TIMEOUT", 10, minimum=1)
+
+# Who may log in with GitHub, managed from the environment. Both empty: any GitHub user.
+# Both set: the user must pass both. A refused user gets no account.
+GITHUB_ALLOWED_USERS = [name.lower() for name in env_list("GITHUB_ALLOWED_USERS")]
+GITHUB_REQUIRED_ORG = env_str("GITHUB_REQUIRED_ORG")
+_GITHUB_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")
+for _name in [*GITHUB_ALLOWED_USERS, *([GITHUB_REQUIRED_ORG] if GITHUB_REQUIRED_ORG else [])]:
+    if not _GITHUB_NAME.match(_name):
+        raise ImproperlyConfigured(
+            f"{_name!r} (GITHUB_ALLOWED_USERS / GITHUB_REQUIRED_ORG) is not a GitHub name"
+        )
+
 SOCIAL_AUTH_GITHUB_KEY = GITHUB_CLIENT_ID
 SOCIAL_AUTH_GITHUB_SECRET = GITHUB_CLIENT_SECRET
+SOCIAL_AUTH_GITHUB_AUTHORIZATION_URL = f"{GITHUB_BASE_URL}/login/oauth/authorize"
+SOCIAL_AUTH_GITHUB_ACCESS_TOKEN_URL = f"{GITHUB_BASE_URL}/login/oauth/access_token"
+# read:org lets the membership check see private memberships of the required organisation.
+SOCIAL_AUTH_GITHUB_SCOPE = ["read:user", "user:email", *(["read:org"] if GITHUB_REQUIRED_ORG else [])]
 SOCIAL_AUTH_URL_NAMESPACE = "social"
 SOCIAL_AUTH_JSONFIELD_ENABLED = True
+SOCIAL_AUTH_REQUESTS_TIMEOUT = GITHUB_API_TIMEOUT
+# Failures land on the login page with the reason (oauthapp.middleware), in DEBUG too: a
+# cancelled login is not a server error.
+SOCIAL_AUTH_RAISE_EXCEPTIONS = False
+SOCIAL_AUTH_LOGIN_ERROR_URL = "login"
+# GitHub names a new user; later GitHub logins never rewrite a user's names (nor, by default, email).
+SOCIAL_AUTH_PROTECTED_USER_FIELDS = ["first_name", "last_name"]
+SOCIAL_AUTH_PIPELINE = (
+    "social_core.pipeline.social_auth.social_details",
+    "social_core.pipeline.social_auth.social_names",
+    "social_core.pipeline.social_auth.social_uid",
+    "social_core.pipeline.social_auth.auth_allowed",
+    # Before any lookup or write: a refused GitHub user neither logs in nor gets a row.
+    "oauthapp.github.enforce_access_policy",
+    "social_core.pipeline.social_auth.social_user",
+    "social_core.pipeline.user.get_username",
+    # No associate_by_email: a GitHub email must never take over a local account.
+    "social_core.pipeline.user.create_user",
+    "social_core.pipeline.social_auth.associate_user",
+    # Replaces load_extra_data: the GitHub token is stored encrypted, never in extra_data.
+    "oauthapp.github.store_extra_data_and_token",
+    "social_core.pipeline.user.user_details",
+)
 
 # --- Static files, i18n, logging -------------------------------------------------------------
 

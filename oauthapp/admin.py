@@ -7,9 +7,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from social_django.admin import UserSocialAuthOption
+from social_django.models import UserSocialAuth
 
 from . import services
-from .models import Application, Consent
+from .github import SECRET_EXTRA_DATA_KEYS
+from .models import Application, Consent, GithubCredential
 
 
 # Registered by django-oauth-toolkit's admin module via OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"].
@@ -97,3 +100,37 @@ class MCPUserAdmin(UserAdmin):
 
 admin.site.unregister(User)
 admin.site.register(User, MCPUserAdmin)
+
+
+class SafeUserSocialAuthAdmin(UserSocialAuthOption):
+    """social-auth's admin, with extra_data shown read-only and any token in it masked."""
+
+    exclude = ("extra_data",)
+    readonly_fields = ("created", "modified", "profile_data")
+
+    @admin.display(description="extra data")
+    def profile_data(self, obj: UserSocialAuth) -> str:
+        data = obj.extra_data if isinstance(obj.extra_data, dict) else {}
+        return ", ".join(
+            f"{key}: {'(hidden)' if key in SECRET_EXTRA_DATA_KEYS else value}"
+            for key, value in sorted(data.items())
+        )
+
+
+admin.site.unregister(UserSocialAuth)
+admin.site.register(UserSocialAuth, SafeUserSocialAuthAdmin)
+
+
+@admin.register(GithubCredential)
+class GithubCredentialAdmin(admin.ModelAdmin):
+    """Which linked GitHub accounts have a stored token; the token itself is never shown."""
+
+    list_display = ("social", "scope", "created", "updated")
+    list_select_related = ("social", "social__user")
+    raw_id_fields = ("social",)
+    search_fields = ("social__user__username", "social__uid")
+    fields = ("social", "scope", "created", "updated")
+    readonly_fields = ("social", "scope", "created", "updated")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

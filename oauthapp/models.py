@@ -57,3 +57,26 @@ class Consent(models.Model):
     @property
     def scopes(self) -> set[str]:
         return set(self.scope.split())
+
+
+class GithubCredential(models.Model):
+    """The GitHub OAuth token of one linked GitHub account, encrypted at rest.
+
+    It has to be usable (the github_user tool calls GitHub's API with it), so it cannot be
+    hashed: it is sealed with a key derived from SECRET_KEY (`oauthapp.encryption`), never
+    displayed, and deleted with the GitHub link. social-auth's `extra_data` never holds it.
+    """
+
+    social = models.OneToOneField(
+        "social_django.UserSocialAuth", on_delete=models.CASCADE, related_name="github_credential"
+    )
+    ciphertext = models.TextField(editable=False)
+    scope = models.CharField(max_length=500, blank=True, help_text="Scopes GitHub granted the token.")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "GitHub credential"
+
+    def __str__(self) -> str:
+        return f"GitHub token of {self.social.user} ({self.social.extra_data.get('login', self.social.uid)})"

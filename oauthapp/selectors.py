@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import QuerySet
+from django.urls import reverse
+from oauth2_provider.oauth2_backends import _add_iss_to_redirect, get_oauthlib_core
+from oauthlib.oauth2.rfc6749 import errors as oauth_errors
+from social_django.models import UserSocialAuth
 
-from .models import Application, Consent
+from .models import Application, Consent, GithubCredential
 
 MCP_PATHS = ("/mcp", "/sse")
 
@@ -34,3 +41,64 @@ def consent_covers(*, user: AbstractBaseUser, application: Application, scopes: 
 
 def consent_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Consent]:
     return Consent.objects.filter(user=user).select_related("application").order_by("-updated")
+
+
+@dataclass(frozen=True)
+class PendingAuthorization:
+    """An /authorize request waiting for the user to log in, validated as /authorize would."""
+
+    application: Application
+    redirect_uri: str
+    state: str | None
+
+    def denial_url(self) -> str:
+        """The client's validated redirect URI carrying error=access_denied, state and iss."""
+        error = oauth_errors.AccessDeniedError(description="The user denied the request", state=self.state)
+        separator = "&" if "?" in self.redirect_uri else "?"
+        return _add_iss_to_redirect(f"{self.redirect_uri}{separator}{error.urlencoded}", settings.PUBLIC_URL)
+
+
+def pending_authorization(*, next_url: str) -> PendingAuthorization | None:
+    """The authorization request `next_url` (a local /authorize?... path) stands for, if valid.
+
+    Anything else (another path, an unknown client, a redirect URI the client did not
+    register, a malformed request) is None: nothing is ever sent to an unvalidated URI.
+    """
+    parts = urlsplit(next_url or "")
+    if parts.scheme or parts.netloc or parts.path != reverse("oauth2_provider:authorize"):
+        return None
+    query = urlencode(parse_qsl(parts.query, keep_blank_values=True))
+    try:
+        _scopes, credentials = get_oauthlib_core().server.validate_authorization_request(
+            f"{parts.path}?{query}", http_method="GET", body="", headers={}
+        )
+    except oauth_errors.OAuth2Error:
+        return None
+    application = Application.objects.filter(client_id=credentials.get("client_id")).first()
+    redirect_uri = credentials.get("redirect_uri")
+    if application is None or not redirect_uri:
+        return None
+    return PendingAuthorization(
+        application=application, redirect_uri=redirect_uri, state=credentials.get("state")
+    )
+
+
+@dataclass(frozen=True)
+class GithubLink:
+    login: str
+    linked_at: datetime
+
+
+def github_link_for_user(*, user: AbstractBaseUser) -> GithubLink | None:
+    social = UserSocialAuth.objects.filter(user=user, provider="github").order_by("-modified").first()
+    if social is None:
+        return None
+    return GithubLink(login=str(social.extra_data.get("login") or social.uid), linked_at=social.created)
+
+
+def github_credential_for_user(*, user_id: int) -> GithubCredential | None:
+    return (
+        GithubCredential.objects.filter(social__user_id=user_id, social__provider="github")
+        .order_by("-updated")
+        .first()
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
@@ -15,8 +16,10 @@ from django.db.models import Q
 from django.utils import timezone
 from oauth2_provider.generators import generate_client_id, generate_client_secret
 from oauth2_provider.models import AccessToken, Grant, RefreshToken, clear_expired
+from social_django.models import UserSocialAuth
 
-from .models import Application, Consent
+from . import encryption, selectors
+from .models import Application, Consent, GithubCredential
 from .registration import ClientMetadata
 
 LAST_USED_GRANULARITY_SECONDS = 60
@@ -184,3 +187,67 @@ def expired_prune(*, unused_days: int, never_used_days: int) -> PruneReport:
         grants=before[2] - after[2],
         clients=clients,
     )
+
+
+# --- GitHub ----------------------------------------------------------------------------------
+
+
+class GithubNotLinked(Exception):
+    """The user has no linked GitHub account (or its token is gone)."""
+
+
+class GithubUnavailable(Exception):
+    """GitHub could not answer with the user's profile; the message says why, for the user."""
+
+
+def github_token_store(*, social: UserSocialAuth, access_token: str, scope: str) -> GithubCredential:
+    """Keep (or replace) the GitHub token of a linked account, encrypted."""
+    credential, _created = GithubCredential.objects.update_or_create(
+        social=social,
+        defaults={"ciphertext": encryption.encrypt(access_token), "scope": scope[:500]},
+    )
+    return credential
+
+
+def github_profile_fetch(*, user_id: int) -> dict[str, Any]:
+    """The user's GitHub profile, from GET {GITHUB_API_URL}/user with their stored token."""
+    credential = selectors.github_credential_for_user(user_id=user_id)
+    if credential is None:
+        raise GithubNotLinked
+    try:
+        token = encryption.decrypt(credential.ciphertext)
+    except encryption.DecryptionError as exc:
+        raise GithubUnavailable(
+            "The stored GitHub token can no longer be read (the server's key changed); "
+            "log in with GitHub again to renew it."
+        ) from exc
+    try:
+        response = httpx.get(
+            f"{settings.GITHUB_API_URL}/user",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": "2022-11-28",
+                "User-Agent": settings.MCP_SERVER_NAME,
+            },
+            timeout=settings.GITHUB_API_TIMEOUT,
+            follow_redirects=False,
+        )
+    except httpx.HTTPError as exc:
+        raise GithubUnavailable(
+            f"GitHub could not be reached ({type(exc).__name__}); try again later."
+        ) from exc
+    if response.status_code == 401:
+        raise GithubUnavailable(
+            "GitHub no longer accepts the stored token (it was revoked or expired); "
+            "log in with GitHub again to renew it."
+        )
+    if response.status_code != 200:
+        raise GithubUnavailable(f"GitHub answered {response.status_code}; try again later.")
+    try:
+        profile = response.json()
+    except ValueError as exc:
+        raise GithubUnavailable("GitHub answered with something that is not JSON.") from exc
+    if not isinstance(profile, dict):
+        raise GithubUnavailable("GitHub answered with something that is not a profile.")
+    return profile

@@ -36,6 +36,7 @@ oauth_urlpatterns = [
 
 urlpatterns = [
     path("login", views.LoginView.as_view(), name="login"),
+    path("login/deny", views.login_deny, name="login-deny"),
     path("logout", auth_views.LogoutView.as_view(), name="logout"),
     path("account/apps", views.connected_apps, name="connected-apps"),
     path("account/apps/<str:client_id>/revoke", views.connected_app_revoke, name="connected-app-revoke"),

@@ -19,11 +19,13 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from oauth2_provider import views as dot_views
 from oauth2_provider.exceptions import OAuthToolkitError
+from oauth2_provider.http import OAuth2ResponseRedirect
 from oauth2_provider.models import AccessToken
 from oauth2_provider.oauth2_backends import _add_iss_to_redirect
 from oauthlib.oauth2.rfc6749.errors import CustomOAuth2Error
 
 from . import selectors, services
+from .middleware import LOGIN_ERROR_SESSION_KEY
 from .models import Application
 from .registration import RegistrationError, parse_client_metadata
 
@@ -253,8 +255,33 @@ class TokenView(dot_views.TokenView):
 
 
 class LoginView(auth_views.LoginView):
+    """Username + password, or GitHub; names the MCP client waiting, and lets the user deny it."""
+
     template_name = "registration/login.html"
     redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        pending = selectors.pending_authorization(next_url=context.get("next") or "")
+        context["pending_client"] = pending.application.display_name if pending else ""
+        context["login_error"] = self.request.session.pop(LOGIN_ERROR_SESSION_KEY, "")
+        return context
+
+
+@require_POST
+def login_deny(request: HttpRequest) -> HttpResponse:
+    """Deny the waiting MCP client from the login page: it gets error=access_denied, state and iss.
+
+    Only a request that validates as /authorize would (known client, registered redirect
+    URI) is answered with a redirect; anything else stays on our page.
+    """
+    pending = selectors.pending_authorization(next_url=request.POST.get("next", ""))
+    if pending is None:
+        request.session[LOGIN_ERROR_SESSION_KEY] = (
+            "That authorization request is not valid any more; nothing was sent to the application."
+        )
+        return redirect("login")
+    return OAuth2ResponseRedirect(pending.denial_url(), pending.application.get_allowed_schemes())
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -282,7 +309,10 @@ def connected_apps(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "oauthapp/connected_apps.html",
-        {"consents": selectors.consent_list_for_user(user=request.user)},
+        {
+            "consents": selectors.consent_list_for_user(user=request.user),
+            "github_link": selectors.github_link_for_user(user=request.user),
+        },
     )
 
 

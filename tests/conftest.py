@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fake_github import FakeGithub
 from tests.support.live import LiveServer, create_users, prepare_server
 from tests.support.oauth import Browser
 
@@ -38,3 +39,11 @@ def bob_browser(server: LiveServer) -> Iterator[Browser]:
     assert browser.login(*BOB).status_code == 302
     yield browser
     browser.close()
+
+
+@pytest.fixture(scope="session")
+def fake_github() -> Iterator[FakeGithub]:
+    """The fake GitHub on 127.0.0.1 that every GitHub test's server talks to."""
+    fake = FakeGithub().start()
+    yield fake
+    fake.stop()

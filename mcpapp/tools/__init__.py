@@ -15,4 +15,5 @@ TOOLS: dict[str, str] = {
     "add": "mcpapp.tools.add:add",
     "whoami": "mcpapp.tools.whoami:whoami",
     "server_stats": "mcpapp.tools.server_stats:server_stats",
+    "github_user": "mcpapp.tools.github_user:github_user",
 }
