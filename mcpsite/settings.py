@@ -326,7 +326,7 @@ CLIENT_NEVER_USED_DAYS = env_int("CLIENT_NEVER_USED_DAYS", 1, minimum=1)
 # --- GitHub login (social-auth) --------------------------------------------------------------
 
 # "Log in with GitHub" appears when both the OAuth App's id and secret are set. Register the
-# callback URL {PUBLIC_URL}/complete/github/ in the GitHub OAuth App (docs/github.md).
+# callback URL {PUBLIC_URL}/complete/github/ in the GitHub OAuth App (README: "Log in with GitHub").
 GITHUB_CLIENT_ID = env_str("GITHUB_CLIENT_ID")
 GITHUB_CLIENT_SECRET = env_str("GITHUB_CLIENT_SECRET")
 if bool(GITHUB_CLIENT_ID) != bool(GITHUB_CLIENT_SECRET):
