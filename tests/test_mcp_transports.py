@@ -433,3 +433,22 @@ def test_the_permission_gated_tool_is_hidden_and_refused_until_granted(
     )
     assert rows[0][:2] == ("server_stats", "denied")
     assert rows[-1][:2] == ("server_stats", "ok")
+
+
+def test_shutting_down_closes_open_streams_cleanly(tmp_path: Any) -> None:
+    from tests.support.live import create_user, prepare_server
+
+    own = prepare_server(tmp_path).start()
+    try:
+        create_user(own.env, "dave", "dave-password-321")
+        browser = Browser(own.url)
+        assert browser.login("dave", "dave-password-321").status_code == 302
+        token = obtain_token(own.url, browser)["access_token"]
+        stream, _ = open_sse_session(own, token)
+        assert own.process is not None
+        own.process.terminate()
+        assert stream.ended_within(10), "the stream stayed open while the server shut down"
+        assert own.process.wait(timeout=10) is not None
+        stream.close()
+    finally:
+        own.stop()
