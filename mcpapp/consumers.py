@@ -16,9 +16,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.cache import cache
 from django.http.request import validate_host
+
+from oauthapp import services
 
 from . import registry
 from .auth import AuthFailure, TokenInfo, authenticate, resource_metadata_url, token_still_valid
@@ -132,6 +136,7 @@ class MCPConsumer(AsyncConsumer):
             return
         info = result
         scope = {**scope, "user": sdk_user(claims_for(info))}
+        await self.note_use(info)
 
         replayed = False
 
@@ -195,6 +200,15 @@ class MCPConsumer(AsyncConsumer):
                 await self.forward(entry, session_id, scope, body, guarded_receive, send_with_cors)
                 return
         await worker.dispatch_local(scope, guarded_receive, send_with_cors)
+
+    @staticmethod
+    async def note_use(info: TokenInfo) -> None:
+        """Keep "last used" current for operators and the connected-apps page, at most once a minute."""
+        key = services.client_use_key(application_id=info.application_id, user_id=info.user_id)
+        if await cache.aadd(key, 1, services.LAST_USED_GRANULARITY_SECONDS):
+            await database_sync_to_async(services.client_mark_used_now)(
+                application_id=info.application_id, user_id=info.user_id
+            )
 
     @staticmethod
     def session_id_of(scope: Scope) -> str | None:

@@ -133,9 +133,19 @@ def client_mark_used(*, application_id: int, user_id: int | None) -> None:
 
     Throttled through the cache so a busy client costs at most one write a minute.
     """
-    key = f"oauthapp:used:{application_id}:{user_id}"
-    if not cache.add(key, 1, LAST_USED_GRANULARITY_SECONDS):
+    if not cache.add(
+        client_use_key(application_id=application_id, user_id=user_id), 1, LAST_USED_GRANULARITY_SECONDS
+    ):
         return
+    client_mark_used_now(application_id=application_id, user_id=user_id)
+
+
+def client_use_key(*, application_id: int, user_id: int | None) -> str:
+    """The cache key that throttles `client_mark_used` (async callers check it first)."""
+    return f"oauthapp:used:{application_id}:{user_id}"
+
+
+def client_mark_used_now(*, application_id: int, user_id: int | None) -> None:
     now = timezone.now()
     Application.objects.filter(pk=application_id).update(last_used_at=now)
     if user_id is not None:
