@@ -19,6 +19,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+ALICE = ("alice", "alice-password-123")
+BOB = ("bob", "bob-password-456")
+OPERATOR = ("operator", "operator-password-789")
 TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-the-checks-0123456789"
 
 
@@ -69,12 +72,16 @@ def manage(env: dict[str, str], *args: str, input_text: str | None = None) -> st
 
 
 def create_user(env: dict[str, str], username: str, password: str, **fields: Any) -> None:
-    extra = "".join(f", {key}={value!r}" for key, value in fields.items())
-    code = (
-        "from django.contrib.auth import get_user_model; "
-        f"get_user_model().objects.create_user({username!r}, password={password!r}{extra})"
-    )
-    manage(env, "shell", "-c", code)
+    create_users(env, (username, password, fields))
+
+
+def create_users(env: dict[str, str], *users: tuple[str, str, dict[str, Any]]) -> None:
+    """Create accounts in one `manage.py shell` (each start of Django costs a second or more)."""
+    lines = ["from django.contrib.auth import get_user_model", "User = get_user_model()"]
+    for username, password, fields in users:
+        extra = "".join(f", {key}={value!r}" for key, value in fields.items())
+        lines.append(f"User.objects.create_user({username!r}, password={password!r}{extra})")
+    manage(env, "shell", "-c", "\n".join(lines))
 
 
 @dataclass
@@ -145,12 +152,31 @@ class LiveServer:
             return list(conn.execute(query.replace("?", "%s"), params).fetchall())
 
 
+_migrated_sqlite: list[Path] = []
+
+
+def _fresh_sqlite(env: dict[str, str], path: Path) -> None:
+    """Migrate once per test run; later SQLite servers start from a copy of that database."""
+    if not _migrated_sqlite:
+        manage(env, "migrate", "--noinput")
+        template = path.with_name("migrated-template.sqlite3")
+        with sqlite3.connect(path) as source, sqlite3.connect(template) as copy:
+            source.backup(copy)
+        _migrated_sqlite.append(template)
+        return
+    with sqlite3.connect(_migrated_sqlite[0]) as source, sqlite3.connect(path) as copy:
+        source.backup(copy)
+
+
 def prepare_server(
     tmp_dir: Path, *, database_url: str | None = None, port: int | None = None, **overrides: str
 ) -> LiveServer:
     """Migrate a fresh database and return a (not yet started) server for it."""
     port = port or free_port()
-    database_url = database_url or f"sqlite:///{tmp_dir / 'db.sqlite3'}"
-    env = base_env(port=port, database_url=database_url, **overrides)
-    manage(env, "migrate", "--noinput")
+    sqlite_path = tmp_dir / "db.sqlite3"
+    env = base_env(port=port, database_url=database_url or f"sqlite:///{sqlite_path}", **overrides)
+    if database_url is None:
+        _fresh_sqlite(env, sqlite_path)
+    else:
+        manage(env, "migrate", "--noinput")
     return LiveServer(env=env, port=port, log_path=tmp_dir / f"server-{port}.log")
