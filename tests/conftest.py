@@ -25,7 +25,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server.stop()
 
 
-@pytest.fixture
+# Logged-in browsers are shared: a login costs a PBKDF2 hash, and no test logs them out.
+@pytest.fixture(scope="session")
 def alice_browser(server: LiveServer) -> Iterator[Browser]:
     browser = Browser(server.url)
     response = browser.login(*ALICE)
@@ -34,7 +35,7 @@ def alice_browser(server: LiveServer) -> Iterator[Browser]:
     browser.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def bob_browser(server: LiveServer) -> Iterator[Browser]:
     browser = Browser(server.url)
     assert browser.login(*BOB).status_code == 302
@@ -42,7 +43,7 @@ def bob_browser(server: LiveServer) -> Iterator[Browser]:
     browser.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def operator_browser(server: LiveServer) -> Iterator[Browser]:
     browser = Browser(server.url)
     assert browser.login(*OPERATOR).status_code == 302

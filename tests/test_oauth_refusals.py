@@ -15,7 +15,7 @@ from tests.support.oauth import (
     CALLBACK,
     Browser,
     OAuthClient,
-    csrf_from,
+    admin_action,
     hidden_fields,
     introspect,
     pkce_pair,
@@ -529,22 +529,6 @@ def test_it_rejects_unknown_clients_and_grant_types_as_json(server: LiveServer) 
 
 
 # --- Disabled clients ----------------------------------------------------------------------------
-
-
-def admin_action(browser: Browser, changelist: str, action: str, *pks: int) -> httpx.Response:
-    """Post the admin changelist's action form, as an operator's browser does."""
-    page = browser.http.get(changelist)
-    assert page.status_code == 200, page.text
-    data = {
-        "csrfmiddlewaretoken": csrf_from(page.text),
-        "action": action,
-        "index": "0",
-        "_selected_action": [str(pk) for pk in pks],
-    }
-    response = browser.http.post(changelist, data=data)
-    assert response.status_code == 302, response.text
-    assert response.headers["location"] == changelist
-    return response
 
 
 def application_pk(server: LiveServer, client: OAuthClient) -> int:

@@ -167,3 +167,19 @@ def introspect(introspector: OAuthClient, token: str) -> dict[str, Any]:
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def admin_action(browser: Browser, changelist: str, action: str, *pks: int) -> httpx.Response:
+    """Post the admin changelist's action form, as an operator's browser does."""
+    page = browser.http.get(changelist)
+    assert page.status_code == 200, page.text
+    data = {
+        "csrfmiddlewaretoken": csrf_from(page.text),
+        "action": action,
+        "index": "0",
+        "_selected_action": [str(pk) for pk in pks],
+    }
+    response = browser.http.post(changelist, data=data)
+    assert response.status_code == 302, response.text
+    assert response.headers["location"] == changelist
+    return response
