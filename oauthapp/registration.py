@@ -83,6 +83,16 @@ def _string_list(data: dict[str, Any], name: str, default: list[str]) -> list[st
     return value
 
 
+def _optional_string(data: dict[str, Any], name: str) -> str:
+    """A string field where absent and null mean unset; any other non-string is refused."""
+    value = data.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RegistrationError("invalid_client_metadata", f"{name} must be a string")
+    return value
+
+
 def parse_client_metadata(data: object) -> ClientMetadata:
     """Validate a registration request body (already decoded from JSON)."""
     if not isinstance(data, dict):
@@ -98,7 +108,7 @@ def parse_client_metadata(data: object) -> ClientMetadata:
         if problem:
             raise RegistrationError("invalid_redirect_uri", f"{str(uri)[:200]!r}: {problem}")
 
-    auth_method = data.get("token_endpoint_auth_method") or "client_secret_basic"
+    auth_method = _optional_string(data, "token_endpoint_auth_method") or "client_secret_basic"
     if auth_method not in AUTH_METHODS:
         raise RegistrationError(
             "invalid_client_metadata",
@@ -117,9 +127,7 @@ def parse_client_metadata(data: object) -> ClientMetadata:
     if response_types != ["code"]:
         raise RegistrationError("invalid_client_metadata", 'response_types must be ["code"]')
 
-    scope = data.get("scope") or ""
-    if not isinstance(scope, str):
-        raise RegistrationError("invalid_client_metadata", "scope must be a string")
+    scope = _optional_string(data, "scope")
     # Unknown scopes are dropped rather than refused (RFC 7591 section 2 lets the server
     # replace them): clients that ask for `openid profile` still get a working registration.
     known = settings.OAUTH2_PROVIDER["SCOPES"]
@@ -127,8 +135,8 @@ def parse_client_metadata(data: object) -> ClientMetadata:
         settings.OAUTH2_PROVIDER["DEFAULT_SCOPES"]
     )
 
-    client_name = data.get("client_name") or ""
-    if not isinstance(client_name, str) or len(client_name) > 255:
+    client_name = _optional_string(data, "client_name")
+    if len(client_name) > 255:
         raise RegistrationError("invalid_client_metadata", "client_name must be a string of at most 255")
 
     extra: dict[str, Any] = {}

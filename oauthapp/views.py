@@ -97,13 +97,13 @@ class RegisterView(View):
     http_method_names = ["post", "options"]
 
     def post(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.REGISTRATION_MAX_BODY_BYTES
+        too_large = oauth_error(
+            "invalid_client_metadata", f"The registration body is limited to {limit} bytes", status=413
+        )
         length = request.META.get("CONTENT_LENGTH") or "0"
-        if not length.isdigit() or int(length) > settings.REGISTRATION_MAX_BODY_BYTES:
-            return oauth_error(
-                "invalid_client_metadata",
-                f"The registration body is limited to {settings.REGISTRATION_MAX_BODY_BYTES} bytes",
-                status=413,
-            )
+        if not length.isdigit() or int(length) > limit:
+            return too_large
         address = client_address(request)
         if not self._within_rate_limit(address):
             return oauth_error(
@@ -112,9 +112,13 @@ class RegisterView(View):
                 status=429,
                 Retry_After=str(settings.REGISTRATION_RATE_WINDOW),
             )
+        # A chunked body has no Content-Length to check: read one byte past the cap to know.
+        body = request.read(limit + 1)
+        if len(body) > limit:
+            return too_large
         try:
-            data = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: deeply nested arrays fit the cap
             return oauth_error("invalid_client_metadata", "The request body must be a JSON object")
         try:
             metadata = parse_client_metadata(data)
@@ -160,6 +164,12 @@ class AuthorizeView(dot_views.AuthorizationView):
                 _scopes, credentials = self.validate_authorization_request(request)
             except OAuthToolkitError as error:
                 return self.error_response(error, application=None)
+            # oauthlib accepts "plain" (the default when the method is omitted) and DOT refuses it
+            # only when the code is minted, after login and consent; refuse it before either.
+            if credentials.get("code_challenge_method") != "S256":
+                return self._redirect_error(
+                    credentials, "invalid_request", 'code_challenge_method must be "S256"'
+                )
             unknown = [r for r in request.GET.getlist("resource") if not selectors.resource_is_known(r)]
             if unknown:
                 return self._invalid_target(credentials, unknown[0])
@@ -216,16 +226,16 @@ class AuthorizeView(dot_views.AuthorizationView):
         return super().redirect(redirect_to, application)
 
     def _invalid_target(self, credentials: Any, resource: str) -> HttpResponse:
-        error = OAuthToolkitError(
-            error=CustomOAuth2Error(
-                error="invalid_target",
-                description=f"Unknown resource {resource[:200]!r}",
-                state=credentials.get("state"),
-            ),
+        return self._redirect_error(credentials, "invalid_target", f"Unknown resource {resource[:200]!r}")
+
+    def _redirect_error(self, credentials: Any, error: str, description: str) -> HttpResponse:
+        """An error sent back to the (already validated) redirect URI with state and iss."""
+        toolkit_error = OAuthToolkitError(
+            error=CustomOAuth2Error(error=error, description=description, state=credentials.get("state")),
             redirect_uri=credentials.get("redirect_uri"),
         )
         application = Application.objects.filter(client_id=credentials.get("client_id")).first()
-        return self.error_response(error, application)
+        return self.error_response(toolkit_error, application)
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -234,6 +244,9 @@ class TokenView(dot_views.TokenView):
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         response = super().post(request, *args, **kwargs)
+        # Errors raised while saving the token (our RFC 8707 invalid_target among them) reach
+        # DOT's backend outside oauthlib's handler and come back without a Content-Type.
+        response["Content-Type"] = "application/json"
         response["Cache-Control"] = "no-store"
         response["Pragma"] = "no-cache"
         if response.status_code == 200:

@@ -6,25 +6,28 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_github import FakeGithub
-from tests.support.live import LiveServer, create_users, prepare_server
-from tests.support.oauth import Browser
-
-ALICE = ("alice", "alice-password-123")
-BOB = ("bob", "bob-password-456")
+from tests.support.live import ALICE, BOB, OPERATOR, LiveServer, create_users, prepare_server
+from tests.support.oauth import Browser, OAuthClient
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One daphne worker on SQLite with users alice and bob, shared by the session's tests."""
+    """One daphne worker on SQLite with alice, bob and a superuser operator, shared by all tests."""
     tmp: Path = tmp_path_factory.mktemp("live")
     server = prepare_server(tmp)
-    create_users(server.env, (*ALICE, {"email": "alice@example.com"}), (*BOB, {}))
+    create_users(
+        server.env,
+        (*ALICE, {"email": "alice@example.com"}),
+        (*BOB, {}),
+        (*OPERATOR, {"is_staff": True, "is_superuser": True}),
+    )
     server.start()
     yield server
     server.stop()
 
 
-@pytest.fixture
+# Logged-in browsers are shared: a login costs a PBKDF2 hash, and no test logs them out.
+@pytest.fixture(scope="session")
 def alice_browser(server: LiveServer) -> Iterator[Browser]:
     browser = Browser(server.url)
     response = browser.login(*ALICE)
@@ -33,7 +36,7 @@ def alice_browser(server: LiveServer) -> Iterator[Browser]:
     browser.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def bob_browser(server: LiveServer) -> Iterator[Browser]:
     browser = Browser(server.url)
     assert browser.login(*BOB).status_code == 302
@@ -47,3 +50,17 @@ def fake_github() -> Iterator[FakeGithub]:
     fake = FakeGithub().start()
     yield fake
     fake.stop()
+
+
+@pytest.fixture(scope="session")
+def operator_browser(server: LiveServer) -> Iterator[Browser]:
+    browser = Browser(server.url)
+    assert browser.login(*OPERATOR).status_code == 302
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="session")
+def introspector(server: LiveServer) -> OAuthClient:
+    """A confidential client that introspects tokens, as a resource server would."""
+    return OAuthClient.register(server.url, token_endpoint_auth_method="client_secret_basic")

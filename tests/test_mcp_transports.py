@@ -95,7 +95,13 @@ def test_it_rejects_a_token_bound_to_the_other_endpoint(server: LiveServer, alic
 
 
 def test_it_rejects_an_expired_token(server: LiveServer, alice_token: str) -> None:
-    server.sql("UPDATE oauth2_provider_accesstoken SET expires = '2000-01-01 00:00:00'")
+    import hashlib
+
+    checksum = hashlib.sha256(alice_token.encode()).hexdigest()
+    server.sql(
+        "UPDATE oauth2_provider_accesstoken SET expires = '2000-01-01 00:00:00' WHERE token_checksum = ?",
+        (checksum,),
+    )
     response = post_mcp(server, initialize_body(), alice_token)
     assert response.status_code == 401
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from tests.support.live import LiveServer
-from tests.support.oauth import Browser, OAuthClient, hidden_fields, pkce_pair, query_of
+from tests.support.flows import assert_refresh_reuse_revokes_only_that_family, assert_whole_flow
+from tests.support.live import ALICE, LiveServer
+from tests.support.oauth import Browser, OAuthClient
 
 
 def test_metadata_names_this_server_exactly(server: LiveServer) -> None:
@@ -44,77 +45,13 @@ def test_metadata_ignores_a_forged_host_header(server: LiveServer) -> None:
 def test_the_whole_flow_register_login_consent_token_refresh_revoke_introspect(
     server: LiveServer,
 ) -> None:
-    url = server.url
-    # An MCP client registers itself and sends the user to /authorize; the user is not logged in.
-    client = OAuthClient.register(url)
-    browser = Browser(url)
-    verifier, challenge = pkce_pair()
-    params = client.authorize_params(challenge, resource=f"{url}/mcp")
-    first = browser.http.get("/authorize", params=params)
-    assert first.status_code == 302 and first.headers["location"].startswith("/login?next=")
-    # The login form keeps `next` and lands back on the pending authorization request.
-    login = browser.login("alice", "alice-password-123", next_url=query_of(first.headers["location"])["next"])
-    assert login.status_code == 302
-    assert login.headers["location"].startswith("/authorize?")
-    consent = browser.http.get(login.headers["location"])
-    assert consent.status_code == 200
-    assert "Authorize Test MCP client?" in consent.text
-    assert "localhost:33418" in consent.text
-    assert consent.headers["x-frame-options"] == "DENY"
-    assert "frame-ancestors 'none'" in consent.headers["content-security-policy"]
-    form = hidden_fields(consent.text)
-    form["allow"] = "Authorize"
-    approved = browser.http.post(f"/authorize?{httpx.QueryParams(params)}", data=form)
-    assert approved.status_code == 302
-    callback = query_of(approved.headers["location"])
-    assert approved.headers["location"].startswith(client.redirect_uri)
-    assert callback["state"] == params["state"]
-    assert callback["iss"] == url
+    assert_whole_flow(server.url, *ALICE)
 
-    token = client.exchange(callback["code"], verifier)
-    assert token.status_code == 200, token.text
-    assert token.headers["cache-control"] == "no-store"
-    body = token.json()
-    assert body["token_type"] == "Bearer"
-    assert body["scope"] == "mcp"
-    assert 3500 <= body["expires_in"] <= 3600
-    assert body["refresh_token"]
 
-    # Refresh rotates the refresh token.
-    refreshed = client.refresh(body["refresh_token"])
-    assert refreshed.status_code == 200, refreshed.text
-    new = refreshed.json()
-    assert new["access_token"] != body["access_token"]
-    assert new["refresh_token"] != body["refresh_token"]
-
-    # Introspection (by a confidential client) sees the new token, bound to /mcp.
-    resource_server = OAuthClient.register(url, token_endpoint_auth_method="client_secret_basic")
-    assert resource_server.client_secret
-    seen = httpx.post(
-        f"{url}/introspect",
-        data={"token": new["access_token"]},
-        auth=(resource_server.client_id, resource_server.client_secret),
-    )
-    assert seen.status_code == 200, seen.text
-    assert seen.json()["active"] is True
-    assert seen.json()["username"] == "alice"
-    assert seen.json()["aud"] == [f"{url}/mcp"]
-
-    # Revocation (RFC 7009) kills the access token at once.
-    revoked = httpx.post(f"{url}/revoke", data={"token": new["access_token"], "client_id": client.client_id})
-    assert revoked.status_code == 200
-    gone = httpx.post(
-        f"{url}/introspect",
-        data={"token": new["access_token"]},
-        auth=(resource_server.client_id, resource_server.client_secret),
-    )
-    assert gone.json() == {"active": False}
-
-    # The consent is remembered: asking again for the same scope skips the page.
-    again = browser.http.get("/authorize", params=client.authorize_params(pkce_pair()[1]))
-    assert again.status_code == 302
-    assert "code=" in again.headers["location"]
-    browser.close()
+def test_refresh_token_reuse_revokes_that_family_and_only_it(
+    server: LiveServer, alice_browser: Browser, introspector: OAuthClient
+) -> None:
+    assert_refresh_reuse_revokes_only_that_family(server.url, alice_browser, introspector)
 
 
 def test_no_token_or_secret_is_stored_in_plaintext(server: LiveServer, alice_browser: Browser) -> None:

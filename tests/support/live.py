@@ -20,6 +20,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+ALICE = ("alice", "alice-password-123")
+BOB = ("bob", "bob-password-456")
+OPERATOR = ("operator", "operator-password-789")
 TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-the-checks-0123456789"
 
 

@@ -154,3 +154,32 @@ def obtain_token(base_url: str, browser: Browser, **extra: str) -> dict[str, Any
     response = client.exchange(query["code"], verifier)
     assert response.status_code == 200, response.text
     return {**response.json(), "client": client}
+
+
+def introspect(introspector: OAuthClient, token: str) -> dict[str, Any]:
+    """RFC 7662 introspection by a confidential client, as a resource server would do it."""
+    assert introspector.client_secret, "introspection needs a confidential client"
+    response = httpx.post(
+        f"{introspector.base_url}/introspect",
+        data={"token": token},
+        auth=(introspector.client_id, introspector.client_secret),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def admin_action(browser: Browser, changelist: str, action: str, *pks: int) -> httpx.Response:
+    """Post the admin changelist's action form, as an operator's browser does."""
+    page = browser.http.get(changelist)
+    assert page.status_code == 200, page.text
+    data = {
+        "csrfmiddlewaretoken": csrf_from(page.text),
+        "action": action,
+        "index": "0",
+        "_selected_action": [str(pk) for pk in pks],
+    }
+    response = browser.http.post(changelist, data=data)
+    assert response.status_code == 302, response.text
+    assert response.headers["location"] == changelist
+    return response
