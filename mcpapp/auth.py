@@ -103,12 +103,17 @@ async def token_lookup(raw: str) -> TokenInfo | None:
             **{**cached, "scopes": tuple(cached["scopes"]), "resources": tuple(cached["resources"])}
         )
         return None if info.expired else info
+    return await _load_and_remember(checksum)
+
+
+async def _load_and_remember(checksum: str) -> TokenInfo | None:
+    """Read the token from the database and cache the verdict (briefly, and never past expiry)."""
     info = await database_sync_to_async(_token_load)(checksum)
     if info is None:
-        await cache.aset(key, MISSING, 5)
+        await cache.aset(CACHE_PREFIX + checksum, MISSING, 5)
         return None
     ttl = max(1, min(settings.MCP_TOKEN_CACHE_SECONDS, int(info.expires_at - time.time())))
-    await cache.aset(key, asdict(info), ttl)
+    await cache.aset(CACHE_PREFIX + checksum, asdict(info), ttl)
     return info
 
 
@@ -165,10 +170,4 @@ async def token_still_valid(info: TokenInfo) -> bool:
         return True
     if cached == MISSING:
         return False
-    fresh = await database_sync_to_async(_token_load)(info.checksum)
-    if fresh is None:
-        await cache.aset(CACHE_PREFIX + info.checksum, MISSING, 5)
-        return False
-    ttl = max(1, min(settings.MCP_TOKEN_CACHE_SECONDS, int(fresh.expires_at - time.time())))
-    await cache.aset(CACHE_PREFIX + info.checksum, asdict(fresh), ttl)
-    return True
+    return await _load_and_remember(info.checksum) is not None

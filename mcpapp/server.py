@@ -19,7 +19,6 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import (
     CallToolRequestParams,
     CallToolResult,
@@ -163,7 +162,3 @@ def build_server() -> DjangoMCPServer:
 
         install_fixtures(server)
     return server
-
-
-def tool_error(message: str) -> ToolError:
-    return ToolError(message)

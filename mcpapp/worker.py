@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import uuid4
@@ -96,7 +96,6 @@ class SseSession:
     inbound_recv: Any = None
     outbound_send: Any = None
     outbound_recv: Any = None
-    done: anyio.Event = field(default_factory=anyio.Event)
 
     def __post_init__(self) -> None:
         self.inbound_send, self.inbound_recv = anyio.create_memory_object_stream[Any](64)
@@ -121,7 +120,6 @@ class Worker:
         self.sse_sessions: dict[str, SseSession] = {}
         self._started = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._lifespan_state: Any = None
 
     async def ensure_started(self) -> None:
         if self._task is None:
@@ -139,8 +137,6 @@ class Worker:
         self.layer = get_channel_layer()
         self.channel = await self.layer.new_channel("mcpworker.")
         async with self.manager.run(), anyio.create_task_group() as tg:
-            self._lifespan_state = self.manager._lifespan_state
-            self.task_group = tg
             self._started.set()
             while True:
                 message = await self.layer.receive(self.channel)
