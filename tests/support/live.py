@@ -26,6 +26,18 @@ OPERATOR = ("operator", "operator-password-789")
 TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-the-checks-0123456789"
 
 
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop a process this test run started (by its own PID): terminate, then kill if it hangs."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -132,13 +144,7 @@ class LiveServer:
         raise RuntimeError(f"server did not become healthy:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

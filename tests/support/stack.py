@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.deploy import NGINX_TEMPLATE
-from tests.support.live import ROOT
+from tests.support.live import ROOT, stop_process
 
 
 def run_compose_command(command: list[str], env: dict[str, str]) -> str:
@@ -70,14 +70,7 @@ class Process:
 
     def stop(self) -> None:
         """Stop this process (by its own PID, nothing else)."""
-        if self.running:
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
