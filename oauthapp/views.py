@@ -159,11 +159,13 @@ class AuthorizeView(dot_views.AuthorizationView):
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         self.oauth2_data = {}
+        self.validated: tuple[list[str], dict[str, Any]] | None = None
         if request.method == "GET":
             try:
-                _scopes, credentials = self.validate_authorization_request(request)
+                scopes, credentials = self.validate_authorization_request(request)
             except OAuthToolkitError as error:
                 return self.error_response(error, application=None)
+            self.validated = (scopes, credentials)
             # oauthlib accepts "plain" (the default when the method is omitted) and DOT refuses it
             # only when the code is minted, after login and consent; refuse it before either.
             if credentials.get("code_challenge_method") != "S256":
@@ -176,10 +178,9 @@ class AuthorizeView(dot_views.AuthorizationView):
         return super().dispatch(request, *args, **kwargs)
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            scopes, credentials = self.validate_authorization_request(request)
-        except OAuthToolkitError as error:
-            return self.error_response(error, application=None)
+        # Validated once in dispatch(), before the login check.
+        assert self.validated is not None
+        scopes, credentials = self.validated
         application = Application.objects.get(client_id=credentials["client_id"])
         if selectors.consent_covers(user=request.user, application=application, scopes=scopes):
             resources = request.GET.getlist("resource")
