@@ -27,21 +27,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 # Logged-in browsers are shared: a login costs a PBKDF2 hash, and no test logs them out.
-@pytest.fixture(scope="session")
-def alice_browser(server: LiveServer) -> Iterator[Browser]:
+def logged_in(server: LiveServer, credentials: tuple[str, str]) -> Iterator[Browser]:
     browser = Browser(server.url)
-    response = browser.login(*ALICE)
+    response = browser.login(*credentials)
     assert response.status_code == 302, response.text
     yield browser
     browser.close()
 
 
 @pytest.fixture(scope="session")
+def alice_browser(server: LiveServer) -> Iterator[Browser]:
+    yield from logged_in(server, ALICE)
+
+
+@pytest.fixture(scope="session")
 def bob_browser(server: LiveServer) -> Iterator[Browser]:
-    browser = Browser(server.url)
-    assert browser.login(*BOB).status_code == 302
-    yield browser
-    browser.close()
+    yield from logged_in(server, BOB)
 
 
 @pytest.fixture(scope="session")
@@ -54,10 +55,7 @@ def fake_github() -> Iterator[FakeGithub]:
 
 @pytest.fixture(scope="session")
 def operator_browser(server: LiveServer) -> Iterator[Browser]:
-    browser = Browser(server.url)
-    assert browser.login(*OPERATOR).status_code == 302
-    yield browser
-    browser.close()
+    yield from logged_in(server, OPERATOR)
 
 
 @pytest.fixture(scope="session")
