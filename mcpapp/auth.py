@@ -10,6 +10,7 @@ the cache is Redis.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from django.core.cache import cache
 from django.utils import timezone
 from oauth2_provider.models import AccessToken
 from oauth2_provider.oauth2_validators import validate_resource_as_url_prefix
+
+logger = logging.getLogger(__name__)
 
 CACHE_PREFIX = "mcpapp:token:"
 MISSING = "missing"
@@ -65,7 +68,12 @@ def token_checksum(raw: str) -> str:
 
 
 def token_cache_forget(checksum: str) -> None:
-    cache.delete(CACHE_PREFIX + checksum)
+    """Drop a token's cached check. Never raises: it runs inside token writes (revocation,
+    rotation), and a cache outage must not turn them into half-done 500s."""
+    try:
+        cache.delete(CACHE_PREFIX + checksum)
+    except Exception:
+        logger.warning("could not drop a revoked token from the cache", exc_info=True)
 
 
 def _token_load(checksum: str) -> TokenInfo | None:

@@ -50,11 +50,20 @@ def fresh_postgres_database() -> Iterator[str]:
 
 @contextmanager
 def fresh_redis_database() -> Iterator[str]:
-    """A Redis logical database of our own, emptied before and after."""
+    """A Redis logical database of our own, emptied before and after.
+
+    Databases 1-15 are claimed with a lock key in database 0, so test runs that share the
+    service (several checkouts on one machine) never empty each other's database.
+    """
     import redis
 
     require_service("Redis", "127.0.0.1", 6379)
-    db = 5 + (os.getpid() % 10)
+    admin = redis.Redis.from_url(f"{REDIS_TEST_URL}/0")
+    owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    db = next((n for n in range(1, 16) if admin.set(f"mcp-test-db-lock:{n}", owner, nx=True, ex=3600)), None)
+    if db is None:
+        admin.close()
+        pytest.fail("every Redis test database (1-15) is claimed by another test run", pytrace=False)
     url = f"{REDIS_TEST_URL}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
@@ -63,3 +72,6 @@ def fresh_redis_database() -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
+        if admin.get(f"mcp-test-db-lock:{db}") == owner.encode():
+            admin.delete(f"mcp-test-db-lock:{db}")
+        admin.close()
