@@ -13,4 +13,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
         {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
     )
     response["Cache-Control"] = "no-store"
+    # A failing check is the answer asked for, not a server error: keep django.request quiet.
+    response._has_been_logged = True  # type: ignore[attr-defined]
     return response

@@ -216,14 +216,11 @@ class Worker:
             async with anyio.create_task_group() as tg:
 
                 async def run_server() -> None:
-                    try:
-                        await lowlevel.run(
-                            session.inbound_recv,
-                            session.outbound_send,
-                            lowlevel.create_initialization_options(),
-                        )
-                    finally:
-                        session.done.set()
+                    await lowlevel.run(
+                        session.inbound_recv,
+                        session.outbound_send,
+                        lowlevel.create_initialization_options(),
+                    )
 
                 tg.start_soon(run_server)
                 await EventSourceResponse(

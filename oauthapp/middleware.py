@@ -1,3 +1,4 @@
+import logging
 from collections.abc import Callable
 from urllib.parse import urlencode
 
@@ -42,6 +43,20 @@ class SocialAuthErrorMiddleware(SocialAuthExceptionMiddleware):
     user can try again, log in with a password, or deny the client from there. A logged-in
     user who was linking or unlinking GitHub goes back to the connected-apps page with a message.
     """
+
+    @staticmethod
+    def _log_error(exception: SocialAuthBaseException, status: int) -> None:
+        """GitHub failing (a 5xx or a bad answer from it) is GitHub's outage, not our bug: a
+        warning with the reason, no traceback. Failures of our own keep social-auth's log."""
+        if getattr(exception, "source", None) == "provider_response":
+            logging.getLogger("social").warning(
+                "GitHub login failed: GitHub answered badly (code=%s stage=%s status=%s)",
+                exception.code,
+                exception.stage,
+                status,
+            )
+            return
+        SocialAuthExceptionMiddleware._log_error(exception, status)
 
     def get_error_status(self, request: HttpRequest, exception: SocialAuthBaseException) -> int:
         if exception.code == "missing_setting" and not settings.GITHUB_ENABLED:

@@ -5,9 +5,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import logcheck
 from tests.support.fake_github import FakeGithub
 from tests.support.live import ALICE, BOB, OPERATOR, LiveServer, create_users, prepare_server
 from tests.support.oauth import Browser, OAuthClient
+
+
+@pytest.fixture(autouse=True)
+def _live_server_logs_stay_clean() -> Iterator[None]:
+    """Fail a test whose live servers logged a traceback or ERROR it did not expect."""
+    logcheck.before_test()
+    yield
+    logcheck.after_test()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServ
         first = prepare_server(
             tmp, database_url=database_url, port=port_a, REDIS_URL=redis_url, PUBLIC_URL=public
         )
-        create_users(first.env, ("alice", "alice-password-123", {}))
+        create_users(first.env, ("alice", "alice-password-123", {}), ("bob", "bob-password-456", {}))
         second = LiveServer(env={**first.env}, port=port_b, log_path=tmp / f"server-{port_b}.log")
         first.start()
         second.start()
@@ -41,6 +42,14 @@ def token(workers: tuple[LiveServer, LiveServer]) -> str:
     first, _ = workers
     browser = Browser(first.url)
     assert browser.login("alice", "alice-password-123").status_code == 302
+    return obtain_token(first.url, browser)["access_token"]
+
+
+@pytest.fixture(scope="module")
+def bob_token(workers: tuple[LiveServer, LiveServer]) -> str:
+    first, _ = workers
+    browser = Browser(first.url)
+    assert browser.login("bob", "bob-password-456").status_code == 302
     return obtain_token(first.url, browser)["access_token"]
 
 
@@ -120,3 +129,53 @@ def test_a_token_revoked_on_one_worker_dies_on_the_other(workers: tuple[LiveServ
     response = client.post({"jsonrpc": "2.0", "id": 9, "method": "tools/list"})
     assert response.status_code == 401
     client.close()
+
+
+def test_another_users_token_cannot_reach_a_session_through_the_other_worker(
+    workers: tuple[LiveServer, LiveServer], token: str, bob_token: str
+) -> None:
+    first, second = workers
+    alice = MCPHttp(first.url, token)
+    alice.initialize()
+    bob = MCPHttp(second.url, bob_token)
+    bob.session_id = alice.session_id
+    refused = bob.post({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
+    assert refused.status_code == 404
+    assert refused.json()["error"]["code"] == -32600
+    # Alice's session is untouched by the attempt.
+    assert alice.call("add", {"a": 1, "b": 1})["result"]["content"][0]["text"] == "2"
+    alice.close()
+    bob.close()
+
+    stream = SSEStream(first.url, token)
+    event = stream.next()
+    assert event is not None and event[0] == "endpoint"
+    assert post(second.url + event[1], bob_token, initialize_body("2024-11-05")).status_code == 404
+    assert post(second.url + event[1], token, initialize_body("2024-11-05")).status_code == 202
+    assert stream.next_message()["result"]["protocolVersion"] == "2024-11-05"
+    stream.close()
+
+
+def test_an_ended_sse_session_answers_404_on_every_worker_at_once(
+    workers: tuple[LiveServer, LiveServer], token: str
+) -> None:
+    first, second = workers
+    stream = SSEStream(first.url, token)
+    event = stream.next()
+    assert event is not None and event[0] == "endpoint"
+    endpoint = event[1]
+    assert post(second.url + endpoint, token, initialize_body("2024-11-05")).status_code == 202
+    stream.close()
+    # The owner forgets the session when its stream ends; the other worker then finds no
+    # owner to forward to and answers 404 itself, without waiting for one.
+    deadline = time.monotonic() + 5
+    while True:
+        started = time.monotonic()
+        status = post(second.url + endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        elapsed = time.monotonic() - started
+        if status.status_code == 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status.status_code == 404
+    assert elapsed < 2
+    assert post(first.url + endpoint, token, initialize_body("2024-11-05")).status_code == 404

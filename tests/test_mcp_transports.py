@@ -390,6 +390,7 @@ def test_revoking_a_token_closes_its_open_stream(server: LiveServer, alice_brows
     started = time.monotonic()
     assert stream.ended_within(15), "the stream stayed open after revocation"
     assert time.monotonic() - started < 15
+    assert stream.end == "clean"
     stream.close()
 
 
@@ -454,6 +455,7 @@ def test_shutting_down_closes_open_streams_cleanly(tmp_path: Any) -> None:
         assert own.process is not None
         own.process.terminate()
         assert stream.ended_within(10), "the stream stayed open while the server shut down"
+        assert stream.end == "clean"
         assert own.process.wait(timeout=10) is not None
         stream.close()
     finally:

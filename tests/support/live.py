@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from tests.support import logcheck
+
 ROOT = Path(__file__).resolve().parents[2]
 ALICE = ("alice", "alice-password-123")
 BOB = ("bob", "bob-password-456")
@@ -106,6 +108,8 @@ class LiveServer:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    # Log patterns (regexes) this server may show: see tests/support/logcheck.py.
+    allowed_log: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -113,6 +117,7 @@ class LiveServer:
 
     def start(self, timeout: float = 30, *, ready_statuses: tuple[int, ...] = (200,)) -> LiveServer:
         """Start daphne and wait until /healthz answers with one of `ready_statuses`."""
+        logcheck.watch(f"server :{self.port}", self.log_path, allowed=self.allowed_log)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -145,6 +150,7 @@ class LiveServer:
 
     def stop(self) -> None:
         stop_process(self.process)
+        logcheck.stopped(self.log_path)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

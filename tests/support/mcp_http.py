@@ -87,14 +87,25 @@ class MCPHttp:
 
 
 class SSEStream:
-    """GET /sse read on a thread: events arrive on a queue as (event, data) pairs."""
+    """GET /sse read on a thread: events arrive on a queue as (event, data) pairs.
 
-    def __init__(self, base_url: str, token: str, path: str = "/sse", **headers: str) -> None:
+    `end` says how the stream ended once it has: "clean" (the server finished the response),
+    "reset" (the connection broke mid-response), "timeout" (nothing arrived for too long) or
+    "closed" (this side closed it). `ids` maps each event's data to its SSE `id`, if any.
+    """
+
+    def __init__(
+        self, base_url: str, token: str, path: str = "/sse", read_timeout: float = 120, **headers: str
+    ) -> None:
         self.events: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self.status: int | None = None
         self.response_headers: dict[str, str] = {}
+        self.end: str | None = None
+        self.event_ids: list[str] = []
+        self.body = ""
+        self._closing = False
         self._ready = threading.Event()
-        self._client = httpx.Client(base_url=base_url, timeout=httpx.Timeout(30, read=120))
+        self._client = httpx.Client(base_url=base_url, timeout=httpx.Timeout(30, read=read_timeout))
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream", **headers}
         self._path = path
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -108,19 +119,28 @@ class SSEStream:
                 self.status = response.status_code
                 self.response_headers = dict(response.headers)
                 self._ready.set()
+                if not self.response_headers.get("content-type", "").startswith("text/event-stream"):
+                    self.body = response.read().decode(errors="replace")
+                    self.end = "clean"
+                    return
                 event, data = "message", []
                 for line in response.iter_lines():
                     if line.startswith("event:"):
                         event = line[6:].strip()
                     elif line.startswith("data:"):
                         data.append(line[5:].strip())
+                    elif line.startswith("id:"):
+                        self.event_ids.append(line[3:].strip())
                     elif line.startswith(":"):
                         self.events.put(("comment", line[1:].strip()))
                     elif line == "" and data:
                         self.events.put((event, "\n".join(data)))
                         event, data = "message", []
+            self.end = "closed" if self._closing else "clean"
+        except httpx.TimeoutException:
+            self.end = "timeout"
         except httpx.HTTPError:
-            pass
+            self.end = "closed" if self._closing else "reset"
         finally:
             self._ready.set()
             self.events.put(None)
@@ -138,8 +158,11 @@ class SSEStream:
         return json.loads(item[1])
 
     def ended_within(self, seconds: float) -> bool:
+        """Whether the stream ended within `seconds` (see `end` for how)."""
         import time
 
+        if self.end is not None:
+            return True
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
@@ -151,6 +174,7 @@ class SSEStream:
         return False
 
     def close(self) -> None:
+        self._closing = True
         response = getattr(self, "_response", None)
         if response is not None:
             # Closing the connection under the reading thread ends it at once.
