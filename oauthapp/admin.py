@@ -106,7 +106,7 @@ class SafeUserSocialAuthAdmin(UserSocialAuthOption):
     """social-auth's admin, with extra_data shown read-only and any token in it masked."""
 
     exclude = ("extra_data",)
-    readonly_fields = ("created", "modified", "profile_data")
+    readonly_fields = ("created", "modified", "profile_data")  # type: ignore[assignment]
 
     @admin.display(description="extra data")
     def profile_data(self, obj: UserSocialAuth) -> str:

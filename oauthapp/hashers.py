@@ -14,6 +14,7 @@ from typing import Any
 
 from django.contrib.auth.hashers import BasePasswordHasher, mask_hash
 from django.utils.crypto import constant_time_compare
+from django_stubs_ext import StrPromise
 
 
 class ClientSecretHasher(BasePasswordHasher):
@@ -23,7 +24,7 @@ class ClientSecretHasher(BasePasswordHasher):
         return secrets.token_hex(16)
 
     def encode(self, password: str, salt: str) -> str:
-        self._check_encode_args(password, salt)
+        self._check_encode_args(password, salt)  # type: ignore[attr-defined]
         digest = hashlib.sha256(f"{salt}:{password}".encode()).hexdigest()
         return f"{self.algorithm}${salt}${digest}"
 
@@ -36,7 +37,7 @@ class ClientSecretHasher(BasePasswordHasher):
         decoded = self.decode(encoded)
         return constant_time_compare(encoded, self.encode(password, decoded["salt"]))
 
-    def safe_summary(self, encoded: str) -> dict[str, str]:
+    def safe_summary(self, encoded: str) -> dict[str | StrPromise, Any]:
         decoded = self.decode(encoded)
         return {"algorithm": decoded["algorithm"], "salt": mask_hash(decoded["salt"]), "hash": "…"}
 

@@ -130,10 +130,10 @@ def parse_client_metadata(data: object) -> ClientMetadata:
     scope = _optional_string(data, "scope")
     # Unknown scopes are dropped rather than refused (RFC 7591 section 2 lets the server
     # replace them): clients that ask for `openid profile` still get a working registration.
-    known = settings.OAUTH2_PROVIDER["SCOPES"]
-    granted = [s for s in dict.fromkeys(scope.split()) if s in known] or list(
-        settings.OAUTH2_PROVIDER["DEFAULT_SCOPES"]
-    )
+    provider: dict[str, Any] = settings.OAUTH2_PROVIDER
+    known: dict[str, str] = provider["SCOPES"]
+    defaults: list[str] = provider["DEFAULT_SCOPES"]
+    granted = [s for s in dict.fromkeys(scope.split()) if s in known] or list(defaults)
 
     client_name = _optional_string(data, "client_name")
     if len(client_name) > 255:

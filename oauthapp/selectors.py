@@ -8,7 +8,7 @@ from datetime import datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.urls import reverse
 from oauth2_provider.oauth2_backends import _add_iss_to_redirect, get_oauthlib_core
@@ -34,12 +34,12 @@ def resource_is_known(uri: str) -> bool:
     return uri in resource_identifiers()
 
 
-def consent_covers(*, user: AbstractBaseUser, application: Application, scopes: Iterable[str]) -> bool:
+def consent_covers(*, user: User, application: Application, scopes: Iterable[str]) -> bool:
     consent = Consent.objects.filter(user=user, application=application).only("scope").first()
     return consent is not None and set(scopes) <= consent.scopes
 
 
-def consent_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Consent]:
+def consent_list_for_user(*, user: User) -> QuerySet[Consent]:
     return Consent.objects.filter(user=user).select_related("application").order_by("-updated")
 
 
@@ -89,7 +89,7 @@ class GithubLink:
     linked_at: datetime
 
 
-def github_link_for_user(*, user: AbstractBaseUser) -> GithubLink | None:
+def github_link_for_user(*, user: User) -> GithubLink | None:
     social = UserSocialAuth.objects.filter(user=user, provider="github").order_by("-modified").first()
     if social is None:
         return None

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
@@ -74,7 +74,7 @@ def client_register(*, metadata: ClientMetadata, remote_addr: str | None) -> Reg
     return RegisteredClient(application=application, client_secret=secret)
 
 
-def consent_record(*, user: AbstractBaseUser, application: Application, scopes: list[str]) -> Consent:
+def consent_record(*, user: User, application: Application, scopes: list[str]) -> Consent:
     """Remember that `user` approved `application` for `scopes` (added to earlier approvals)."""
     with transaction.atomic():
         consent, created = Consent.objects.select_for_update().get_or_create(
@@ -86,7 +86,7 @@ def consent_record(*, user: AbstractBaseUser, application: Application, scopes: 
     return consent
 
 
-def tokens_revoke(*, user: AbstractBaseUser | None = None, application: Application | None = None) -> int:
+def tokens_revoke(*, user: User | None = None, application: Application | None = None) -> int:
     """Revoke every token and pending code of a user, a client, or a user on one client.
 
     Refresh tokens are marked revoked (reuse protection keeps its tombstones); access tokens
@@ -110,7 +110,7 @@ def tokens_revoke(*, user: AbstractBaseUser | None = None, application: Applicat
     return deleted
 
 
-def consent_revoke(*, user: AbstractBaseUser, application: Application) -> None:
+def consent_revoke(*, user: User, application: Application) -> None:
     """Forget the user's approval of a client and kill its tokens for that user at once."""
     with transaction.atomic():
         Consent.objects.filter(user=user, application=application).delete()

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -28,6 +29,12 @@ from . import selectors, services
 from .middleware import LOGIN_ERROR_SESSION_KEY
 from .models import Application
 from .registration import RegistrationError, parse_client_metadata
+
+
+class AuthenticatedRequest(HttpRequest):
+    """The request a login_required view (or a view behind DOT's login check) receives."""
+
+    user: User
 
 
 def oauth_error(error: str, description: str, status: int = 400, **headers: str) -> JsonResponse:
@@ -158,7 +165,7 @@ class AuthorizeView(dot_views.AuthorizationView):
     template_name = "oauthapp/consent.html"
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        self.oauth2_data = {}
+        self.oauth2_data: dict[str, Any] = {}
         self.validated: tuple[list[str], dict[str, Any]] | None = None
         if request.method == "GET":
             try:
@@ -182,6 +189,7 @@ class AuthorizeView(dot_views.AuthorizationView):
         assert self.validated is not None
         scopes, credentials = self.validated
         application = Application.objects.get(client_id=credentials["client_id"])
+        assert isinstance(request.user, User)  # DOT's dispatch sent anyone else to the login page
         if selectors.consent_covers(user=request.user, application=application, scopes=scopes):
             resources = request.GET.getlist("resource")
             if resources:
@@ -319,7 +327,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def connected_apps(request: HttpRequest) -> HttpResponse:
+def connected_apps(request: AuthenticatedRequest) -> HttpResponse:
     return render(
         request,
         "oauthapp/connected_apps.html",
@@ -332,7 +340,7 @@ def connected_apps(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def connected_app_revoke(request: HttpRequest, client_id: str) -> HttpResponse:
+def connected_app_revoke(request: AuthenticatedRequest, client_id: str) -> HttpResponse:
     application = get_object_or_404(Application, client_id=client_id)
     services.consent_revoke(user=request.user, application=application)
     messages.success(request, f"{application.display_name} can no longer use your account.")

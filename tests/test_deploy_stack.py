@@ -118,8 +118,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         nginx = None
         try:
             for worker in workers:
-                port = worker.argv[worker.argv.index("-p") + 1]
-                worker.wait_until(f"http://127.0.0.1:{port}/healthz")
+                worker.wait_until(f"http://127.0.0.1:{worker.argv[worker.argv.index('-p') + 1]}/healthz")
             site = render_nginx_site(
                 listen=f"127.0.0.1:{proxy_port}",
                 front_listen=f"127.0.0.1:{front_port}",
@@ -317,7 +316,7 @@ def sse_session(stack: Stack, token: str, *, calls: int) -> None:
 
 
 def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    kind, data = "message", []
+    kind, data = "message", list[str]()
     for line in lines:
         if line == "":
             if data:

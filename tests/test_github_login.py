@@ -24,7 +24,7 @@ def github_user(login: str, **fields: object) -> GithubUser:
     return GithubUser(login=login, id=next(_ids), **fields)  # type: ignore[arg-type]
 
 
-def start_github_server(tmp: Path, fake: FakeGithub, *, with_users: bool = False, **env: str) -> LiveServer:
+def start_github_server(tmp: Path, fake: FakeGithub, *, with_users: bool = False, **env: Any) -> LiveServer:
     server = prepare_server(
         tmp,
         GITHUB_CLIENT_ID=CLIENT_ID,
@@ -81,7 +81,7 @@ def user_rows(server: LiveServer, username: str) -> list[tuple[object, ...]]:
     return server.sql("SELECT id, username, email FROM auth_user WHERE username = ?", (username,))
 
 
-def social_rows(server: LiveServer, uid: int) -> list[tuple[object, ...]]:
+def social_rows(server: LiveServer, uid: int) -> list[tuple[Any, ...]]:
     return server.sql(
         "SELECT user_id, extra_data FROM social_auth_usersocialauth WHERE provider = 'github' AND uid = ?",
         (str(uid),),

@@ -368,7 +368,8 @@ def test_sse_sends_keepalive_comments(tmp_path: Any, server: LiveServer, alice_t
         assert browser.login("carol", "carol-password-789").status_code == 302
         token = obtain_token(fast.url, browser)["access_token"]
         stream = SSEStream(fast.url, token)
-        assert stream.next()[0] == "endpoint"
+        first = stream.next()
+        assert first is not None and first[0] == "endpoint"
         comment = stream.next(timeout=5, skip_comments=False)
         assert comment is not None and comment[0] == "comment"
         stream.close()

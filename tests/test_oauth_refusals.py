@@ -428,7 +428,7 @@ def test_state_comes_back_exactly_on_success_and_on_error(
 # --- Token endpoint ------------------------------------------------------------------------------
 
 
-def code_for(client: OAuthClient, browser: Browser, **extra: str) -> tuple[str, str]:
+def code_for(client: OAuthClient, browser: Browser, **extra: Any) -> tuple[str, str]:
     query, verifier = client.authorize(browser, **extra)
     assert query.get("code"), query
     return query["code"], verifier

@@ -54,4 +54,5 @@ def require_debian_program(command: str, *, package: str) -> str:
     found = _find(command)
     if not found:
         _unavailable(f"{package} installed but {command} is still missing")
+    assert found is not None
     return found

@@ -94,9 +94,7 @@ class SSEStream:
     "closed" (this side closed it). `ids` maps each event's data to its SSE `id`, if any.
     """
 
-    def __init__(
-        self, base_url: str, token: str, path: str = "/sse", read_timeout: float = 120, **headers: str
-    ) -> None:
+    def __init__(self, base_url: str, token: str, path: str = "/sse", **headers: str) -> None:
         self.events: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self.status: int | None = None
         self.response_headers: dict[str, str] = {}
@@ -105,7 +103,7 @@ class SSEStream:
         self.body = ""
         self._closing = False
         self._ready = threading.Event()
-        self._client = httpx.Client(base_url=base_url, timeout=httpx.Timeout(30, read=read_timeout))
+        self._client = httpx.Client(base_url=base_url, timeout=httpx.Timeout(30, read=120))
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream", **headers}
         self._path = path
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -98,7 +98,7 @@ class OAuthClient:
             registration=data,
         )
 
-    def authorize_params(self, challenge: str, **extra: str) -> dict[str, str]:
+    def authorize_params(self, challenge: str, **extra: Any) -> dict[str, str]:
         return {
             "response_type": "code",
             "client_id": self.client_id,
@@ -111,7 +111,7 @@ class OAuthClient:
         }
 
     def authorize(
-        self, browser: Browser, *, approve: bool = True, **extra: str
+        self, browser: Browser, *, approve: bool = True, **extra: Any
     ) -> tuple[dict[str, str], str]:
         """Run /authorize as a logged-in browser; returns (callback query, code_verifier)."""
         verifier, challenge = pkce_pair()
@@ -147,7 +147,7 @@ class OAuthClient:
         return self.token(grant_type="refresh_token", refresh_token=refresh_token)
 
 
-def obtain_token(base_url: str, browser: Browser, **extra: str) -> dict[str, Any]:
+def obtain_token(base_url: str, browser: Browser, **extra: Any) -> dict[str, Any]:
     """Register, authorize (approving) and exchange: the whole flow, returning the token body."""
     client = OAuthClient.register(base_url)
     query, verifier = client.authorize(browser, **extra)

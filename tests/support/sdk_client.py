@@ -59,7 +59,7 @@ def oauth_provider(server_url: str, browser: Browser, storage: MemoryStorage) ->
         server_url=server_url,
         client_metadata=OAuthClientMetadata(
             client_name="SDK test client",
-            redirect_uris=[CALLBACK],
+            redirect_uris=[AnyUrl(CALLBACK)],
             grant_types=["authorization_code", "refresh_token"],
             response_types=["code"],
             token_endpoint_auth_method="none",
