@@ -1,50 +1,300 @@
-"""Bearer-token authentication for the MCP endpoints, as ASGI middleware.
+"""Bearer tokens for the MCP endpoints: the check, its in-memory cache, and the 401/403 answers.
 
-Every request is authenticated, not only the first of a session. Tokens are looked up by
-checksum (django-oauth-toolkit never stores them in plaintext here), and the result is
-cached briefly so that a steady stream of calls does not hit the database per message; a
-revoked token's cache entry is dropped at once (`mcpapp.signals`), in every worker when
-the cache is Redis.
+Every request is authenticated, not only the first of a session. A token is looked up by its
+SHA-256 checksum (django-oauth-toolkit stores no plaintext) once, and the verdict is then kept
+in this worker's memory: the common case costs a dictionary lookup, no thread hop and no
+round trip. Revocation still takes effect everywhere at once: whatever ends a token (revoke,
+rotation, a family revoked for reuse, a client disabled, a consent revoked, a user
+deactivated) drops the entry in this process and publishes the fact on Redis, where every
+worker's bus hears it (`signals.py`). While that feed is down the cache is emptied and not
+trusted: each request goes to the database until the feed is back. Entries also expire on
+their own after MCP_TOKEN_CACHE_SECONDS, for changes made outside this server's code.
+
+Open streams watch their token: revocation ends them at once, expiry at the token's expiry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
+import anyio
 from django.conf import settings
-from django.core.cache import cache
+from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 from oauth2_provider.models import AccessToken
-from oauth2_provider.oauth2_validators import validate_resource_as_url_prefix
+
+from .identity import SCOPE_KEY, Caller
+from .metrics import METRICS
+from .wire import (
+    ASGIApp,
+    BackendUnavailable,
+    Headers,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header,
+    send_json,
+    send_unavailable,
+)
 
 logger = logging.getLogger(__name__)
 
-CACHE_PREFIX = "mcpapp:token:"
-MISSING = "missing"
+NEGATIVE_TTL_SECONDS = 5.0
+MAX_ENTRIES = 50_000
+
+# Token checks that miss the cache run here: a few threads that keep their database
+# connection, apart from the thread Django's sync views share.
+DB_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mcp-db")
 
 
-@dataclass(frozen=True)
-class TokenInfo:
-    """What the MCP server knows about the caller once its token checks out."""
+def token_checksum(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
-    checksum: str
-    user_id: int
-    username: str
-    application_id: int
-    client_id: str
-    client_name: str
-    scopes: tuple[str, ...]
-    resources: tuple[str, ...]
-    expires_at: float
+
+def _token_load(checksum: str) -> Caller | None:
+    """The caller a token stands for, from the database (None: unknown, expired or disabled)."""
+    close_old_connections()
+    try:
+        token = (
+            AccessToken.objects.select_related("application", "user")
+            .filter(token_checksum=checksum, expires__gt=timezone.now())
+            .first()
+        )
+    finally:
+        close_old_connections()
+    if token is None or token.user is None or token.application is None:
+        return None
+    application = token.application
+    if getattr(application, "disabled_at", None) is not None or not token.user.is_active:
+        return None
+    return Caller(
+        user_id=token.user.pk,
+        username=token.user.get_username(),
+        application_id=application.pk,
+        client_id=application.client_id,
+        client_name=application.name or "Unknown client",
+        scopes=tuple(token.scope.split()),
+        token_id=token.pk,
+        token_checksum=checksum,
+        resources=tuple(token.resource or ()),
+        expires_at=token.expires.timestamp(),
+        issuer=settings.PUBLIC_URL,
+    )
+
+
+@dataclass(slots=True)
+class _Entry:
+    caller: Caller | None  # None: the token is not valid (remembered briefly)
+    until: float  # monotonic
+
+
+class TokenCache:
+    """Token verdicts in memory, dropped at once when a token, user or client ends.
+
+    Lives on the worker's event loop; `forget_*` may be called from any thread.
+    """
+
+    def __init__(self, *, ttl: float, max_entries: int = MAX_ENTRIES) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[Caller | None]] = {}
+        self._watchers: dict[str, set[anyio.CancelScope]] = {}
+        # Bumped on every invalidation: a load that started before one does not store its result.
+        self._epoch = 0
+        # False while the revocation feed is down (Redis mode): nothing is kept then.
+        self.trusted = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    # --- reads (event loop) ----------------------------------------------------------------------
+
+    async def lookup(self, checksum: str) -> Caller | None:
+        entry = self._entries.get(checksum)
+        now = time.monotonic()
+        if entry is not None:
+            if entry.until > now and (entry.caller is None or not entry.caller.expired):
+                METRICS.token_checks.labels(result="cache_hit").inc()
+                return entry.caller
+            self._drop(checksum)
+        METRICS.token_checks.labels(result="database").inc()
+        pending = self._loading.get(checksum)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Caller | None] = loop.create_future()
+        self._loading[checksum] = future
+        epoch = self._epoch
+        try:
+            caller = await loop.run_in_executor(DB_EXECUTOR, _token_load, checksum)
+        except DatabaseError as exc:
+            future.set_exception(BackendUnavailable("The database is unavailable"))
+            future.exception()  # retrieved: waiters get it through shield
+            raise BackendUnavailable("The database is unavailable") from exc
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            self._loading.pop(checksum, None)
+        future.set_result(caller)
+        if self.trusted and epoch == self._epoch:
+            self._store(checksum, caller)
+        return caller
+
+    def _store(self, checksum: str, caller: Caller | None) -> None:
+        if caller is None:
+            until = time.monotonic() + NEGATIVE_TTL_SECONDS
+        else:
+            until = time.monotonic() + min(self.ttl, max(0.0, caller.expires_at - time.time()))
+        self._entries[checksum] = _Entry(caller, until)
+        self._entries.move_to_end(checksum)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def _drop(self, checksum: str) -> None:
+        self._entries.pop(checksum, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- streams watching their token ----------------------------------------------------------
+
+    def watch(self, checksum: str, scope: anyio.CancelScope) -> None:
+        self._watchers.setdefault(checksum, set()).add(scope)
+
+    def unwatch(self, checksum: str, scope: anyio.CancelScope) -> None:
+        scopes = self._watchers.get(checksum)
+        if scopes is not None:
+            scopes.discard(scope)
+            if not scopes:
+                del self._watchers[checksum]
 
     @property
-    def expired(self) -> bool:
-        return time.time() >= self.expires_at
+    def watcher_count(self) -> int:
+        return sum(len(s) for s in self._watchers.values())
+
+    # --- invalidation ---------------------------------------------------------------------------
+
+    def invalidate(
+        self,
+        *,
+        checksum: str | None = None,
+        user_id: int | None = None,
+        application_id: int | None = None,
+        everything: bool = False,
+    ) -> None:
+        """Drop matching verdicts and wake the streams that rely on them (thread-safe)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._invalidate(checksum, user_id, application_id, everything)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._invalidate, checksum, user_id, application_id, everything)
+
+    def _invalidate(
+        self, checksum: str | None, user_id: int | None, application_id: int | None, everything: bool
+    ) -> None:
+        self._epoch += 1
+        if everything:
+            doomed = list(self._entries)
+        elif checksum is not None:
+            doomed = [checksum]
+        else:
+            doomed = [
+                key
+                for key, entry in self._entries.items()
+                if entry.caller is not None
+                and (entry.caller.user_id == user_id or entry.caller.application_id == application_id)
+            ]
+            # Streams whose token is not cached any more are found through their watchers' keys.
+            doomed += [key for key in self._watchers if key not in self._entries]
+        for key in doomed:
+            self._entries.pop(key, None)
+            for scope in list(self._watchers.get(key, ())):
+                scope.cancel()
+
+    def reset(self, *, trusted: bool) -> None:
+        """The revocation feed (re)connected or dropped: whatever was kept may be stale."""
+        self.trusted = trusted
+        self.invalidate(everything=True)
+
+
+# One per process; bound to the worker's loop when the worker starts.
+TOKEN_CACHE = TokenCache(ttl=settings.MCP_TOKEN_CACHE_SECONDS)
+_publisher_lock = threading.Lock()
+_publisher: Any = None
+
+
+def _publish(message: dict[str, Any]) -> None:
+    """Tell every worker (Redis mode). Never raises: this runs inside token writes."""
+    if not settings.REDIS_URL:
+        return
+    global _publisher
+    try:
+        import redis
+
+        from .bus import channel_prefix, pack
+
+        with _publisher_lock:
+            if _publisher is None:
+                _publisher = redis.Redis.from_url(
+                    settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+                )
+        _publisher.publish(f"{channel_prefix(settings.REDIS_URL)}revoked", pack(message))
+    except Exception as exc:
+        # Every worker's feed is down too, then: they have stopped trusting their caches.
+        logger.warning("could not publish a token revocation (%s)", type(exc).__name__)
+
+
+def _announce(message: dict[str, Any], apply: Callable[[], None]) -> None:
+    apply()
+    _publish(message)
+
+
+def token_cache_forget(checksum: str) -> None:
+    """A token ended: drop its check here and on every worker. Never raises."""
+    _announce({"t": checksum}, lambda: TOKEN_CACHE.invalidate(checksum=checksum))
+
+
+def user_tokens_forget(user_id: int) -> None:
+    """A user was deactivated: every worker drops its checks of that user's tokens."""
+    _announce({"u": user_id}, lambda: TOKEN_CACHE.invalidate(user_id=user_id))
+
+
+def application_tokens_forget(application_id: int) -> None:
+    """A client was disabled: every worker drops its checks of that client's tokens."""
+    _announce({"a": application_id}, lambda: TOKEN_CACHE.invalidate(application_id=application_id))
+
+
+def apply_revocation(message: dict[str, Any]) -> None:
+    """A revocation heard on the bus (possibly our own: invalidating twice is harmless)."""
+    if "t" in message:
+        TOKEN_CACHE.invalidate(checksum=str(message["t"]))
+    elif "u" in message:
+        TOKEN_CACHE.invalidate(user_id=int(message["u"]))
+    elif "a" in message:
+        TOKEN_CACHE.invalidate(application_id=int(message["a"]))
+
+
+# --- The check --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -52,130 +302,149 @@ class AuthFailure:
     status: int
     error: str | None
     description: str
-
-    def www_authenticate(self, resource_metadata_url: str) -> str:
-        parts = [f'resource_metadata="{resource_metadata_url}"']
-        if self.error:
-            parts.insert(0, f'error="{self.error}"')
-            parts.insert(1, f'error_description="{self.description}"')
-        if self.error == "insufficient_scope":
-            parts.append(f'scope="{settings.MCP_SCOPE}"')
-        return "Bearer " + ", ".join(parts)
+    missing_scopes: tuple[str, ...] = ()
 
 
-def token_checksum(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
-
-
-def token_cache_forget(checksum: str) -> None:
-    """Drop a token's cached check. Never raises: it runs inside token writes (revocation,
-    rotation), and a cache outage must not turn them into half-done 500s."""
-    try:
-        cache.delete(CACHE_PREFIX + checksum)
-    except Exception:
-        logger.warning("could not drop a revoked token from the cache", exc_info=True)
-
-
-def _token_load(checksum: str) -> TokenInfo | None:
-    token = (
-        AccessToken.objects.select_related("application", "user")
-        .filter(token_checksum=checksum, expires__gt=timezone.now())
-        .first()
-    )
-    if token is None or token.user is None or token.application is None:
-        return None
-    if token.application.disabled_at is not None or not token.user.is_active:
-        return None
-    return TokenInfo(
-        checksum=checksum,
-        user_id=token.user.pk,
-        username=token.user.get_username(),
-        application_id=token.application.pk,
-        client_id=token.application.client_id,
-        client_name=token.application.name or "Unknown client",
-        scopes=tuple(token.scope.split()),
-        resources=tuple(token.resource or ()),
-        expires_at=token.expires.timestamp(),
-    )
-
-
-async def token_lookup(raw: str) -> TokenInfo | None:
-    """The token's facts, from the cache when fresh, else from the database."""
-    checksum = token_checksum(raw)
-    key = CACHE_PREFIX + checksum
-    cached = await cache.aget(key)
-    if cached == MISSING:
-        return None
-    if isinstance(cached, dict):
-        info = TokenInfo(
-            **{**cached, "scopes": tuple(cached["scopes"]), "resources": tuple(cached["resources"])}
-        )
-        return None if info.expired else info
-    return await _load_and_remember(checksum)
-
-
-async def _load_and_remember(checksum: str) -> TokenInfo | None:
-    """Read the token from the database and cache the verdict (briefly, and never past expiry)."""
-    info = await database_sync_to_async(_token_load)(checksum)
-    if info is None:
-        await cache.aset(CACHE_PREFIX + checksum, MISSING, 5)
-        return None
-    ttl = max(1, min(settings.MCP_TOKEN_CACHE_SECONDS, int(info.expires_at - time.time())))
-    await cache.aset(CACHE_PREFIX + checksum, asdict(info), ttl)
-    return info
+def resource_base(path: str) -> str:
+    return "/sse" if path.startswith("/sse") else "/mcp"
 
 
 def resource_for_path(path: str) -> str:
     """The RFC 8707 resource a request path belongs to (`/sse/message` belongs to `/sse`)."""
-    base = "/sse" if path.startswith("/sse") else "/mcp"
-    return f"{settings.PUBLIC_URL}{base}"
+    return f"{settings.PUBLIC_URL}{resource_base(path)}"
 
 
 def resource_metadata_url(path: str) -> str:
-    base = "/sse" if path.startswith("/sse") else "/mcp"
-    return f"{settings.PUBLIC_URL}/.well-known/oauth-protected-resource{base}"
+    return f"{settings.PUBLIC_URL}/.well-known/oauth-protected-resource{resource_base(path)}"
 
 
-def bearer_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
-    for name, value in headers:
-        if name.lower() == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
-            if scheme.lower() == "bearer" and credentials.strip():
-                return credentials.strip()
-            return ""
-    return None
+def required_scopes() -> tuple[str, ...]:
+    return (settings.MCP_SCOPE,)
 
 
-async def authenticate(scope: dict[str, Any]) -> TokenInfo | AuthFailure:
+def www_authenticate(failure: AuthFailure, path: str) -> str:
+    """The challenge (RFC 6750 section 3, RFC 9728 section 5.1, MCP 2025-06-18 onwards)."""
+    parts: list[str] = []
+    if failure.error:
+        parts.append(f'error="{failure.error}"')
+        parts.append(f'error_description="{failure.description}"')
+    parts.append(f'resource_metadata="{resource_metadata_url(path)}"')
+    scopes = failure.missing_scopes or required_scopes()
+    parts.append(f'scope="{" ".join(scopes)}"')
+    return "Bearer " + ", ".join(parts)
+
+
+def bearer_from_scope(scope: Scope) -> str | None:
+    value = header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, credentials = value.strip().partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return ""
+
+
+def resource_allowed(caller: Caller, path: str) -> bool:
+    """A token bound to resources is good for those (an origin-bound one for both endpoints)."""
+    if not caller.resources:
+        return True
+    wanted = resource_for_path(path)
+    for resource in caller.resources:
+        base = resource.rstrip("/")
+        if wanted == base or wanted.startswith(base + "/"):
+            return True
+    return False
+
+
+async def authenticate(scope: Scope) -> Caller | AuthFailure:
     """Check the request's bearer token for the MCP resource at scope['path']."""
-    query = scope.get("query_string", b"").decode("latin-1")
-    if "access_token=" in query:
+    if b"access_token=" in scope.get("query_string", b""):
         return AuthFailure(400, "invalid_request", "Send the token in the Authorization header, not the URL")
-    raw = bearer_from_headers(scope.get("headers", []))
+    raw = bearer_from_scope(scope)
     if raw is None:
         return AuthFailure(401, None, "Authorization needed")
     if not raw:
         return AuthFailure(401, "invalid_request", "Use the Bearer scheme")
-    info = await token_lookup(raw)
-    if info is None:
+    caller = await TOKEN_CACHE.lookup(token_checksum(raw))
+    if caller is None:
         return AuthFailure(401, "invalid_token", "The access token is invalid, expired or revoked")
-    resource = resource_for_path(scope["path"])
-    if info.resources and not validate_resource_as_url_prefix(resource, list(info.resources)):
+    if not resource_allowed(caller, scope["path"]):
         return AuthFailure(401, "invalid_token", "The access token is not valid for this resource")
-    if settings.MCP_SCOPE not in info.scopes:
+    missing = tuple(s for s in required_scopes() if s not in caller.scopes)
+    if missing:
         return AuthFailure(
-            403, "insufficient_scope", f"The access token lacks the {settings.MCP_SCOPE} scope"
+            403,
+            "insufficient_scope",
+            f"The access token lacks the scope{'s' if len(missing) > 1 else ''} {' '.join(missing)}",
+            missing,
         )
-    return info
+    return caller
 
 
-async def token_still_valid(info: TokenInfo) -> bool:
-    """Re-check a token that authorised a long-lived stream (cache first, then database)."""
-    if info.expired:
-        return False
-    cached = await cache.aget(CACHE_PREFIX + info.checksum)
-    if isinstance(cached, dict):
-        return True
-    if cached == MISSING:
-        return False
-    return await _load_and_remember(info.checksum) is not None
+def wants_html(scope: Scope) -> bool:
+    """A person's browser opened the endpoint (it asks for HTML and sends no token)."""
+    accept = header(scope, b"accept") or ""
+    return scope["method"] == "GET" and "text/html" in accept
+
+
+async def refuse(scope: Scope, send: Send, failure: AuthFailure) -> None:
+    challenge = www_authenticate(failure, scope["path"])
+    headers: Headers = [(b"www-authenticate", challenge.encode())]
+    if failure.status == 401 and failure.error is None and wants_html(scope):
+        from .pages import endpoint_page
+
+        await endpoint_page(scope, send, headers)
+        return
+    body = {"error": failure.error or "unauthorized", "error_description": failure.description}
+    import json
+
+    await send_json(send, failure.status, json.dumps(body).encode(), headers)
+
+
+class BearerAuth:
+    """ASGI layer: authenticate, put the caller on the scope, keep long requests honest."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            result = await authenticate(scope)
+        except BackendUnavailable as exc:
+            await send_unavailable(send, str(exc))
+            return
+        if isinstance(result, AuthFailure):
+            METRICS.auth_refusals.labels(status=str(result.status)).inc()
+            await refuse(scope, send, result)
+            return
+        caller = result
+        scope = {**scope, SCOPE_KEY: caller, "user": caller.sdk_user}
+        await self.app(scope, watched_receive(caller, receive), send)
+
+
+def watched_receive(caller: Caller, receive: Receive) -> Receive:
+    """`receive`, except that a request outliving its token (revoked or expired) sees a
+    disconnect, which makes the transport end its response."""
+    recheck = float(settings.MCP_AUTH_RECHECK_SECONDS)
+
+    async def guarded() -> Message:
+        while True:
+            scope = anyio.CancelScope(
+                deadline=anyio.current_time() + min(recheck, caller.expires_at - time.time())
+            )
+            TOKEN_CACHE.watch(caller.token_checksum, scope)
+            try:
+                with scope:
+                    return await receive()
+            finally:
+                TOKEN_CACHE.unwatch(caller.token_checksum, scope)
+            # Woken by a revocation, the token's expiry or the periodic re-check: still good?
+            try:
+                current = await TOKEN_CACHE.lookup(caller.token_checksum)
+            except BackendUnavailable:
+                current = caller  # the database is down: keep serving what was already allowed
+            if current is None or current.expired:
+                logger.info("closing an MCP stream: its token is no longer valid")
+                return {"type": "http.disconnect"}
+
+    return guarded

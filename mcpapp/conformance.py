@@ -37,7 +37,7 @@ from mcp_types import (
 )
 from pydantic import Field
 
-from mcpapp.server import DjangoMCPServer
+from mcpapp.server import DjangoMCPServer, as_async
 
 # A 1x1 red PNG.
 PNG_BASE64 = (
@@ -350,7 +350,8 @@ def install_fixtures(server: DjangoMCPServer) -> None:
     and `completion/complete` (values for the prompt's `arg1`).
     """
     for tool in TOOLS:
-        server.add_tool(tool, name=tool.__name__, description=tool.__doc__)
+        # Sync fixtures run in the server's tool threads, as our own tools do.
+        server.add_tool(as_async(tool), name=tool.__name__, description=tool.__doc__)
     for prompt in PROMPTS:
         server.prompt(name=prompt.__name__, description=prompt.__doc__)(prompt)
     install_resources(server)

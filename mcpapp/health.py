@@ -1,18 +1,19 @@
 """Readiness checks behind `/healthz`: each names one part and says "ok" or what failed.
 
 Kept cheap and bounded (a few seconds at most) because the container healthcheck, the
-proxy and any load balancer call it every few seconds.
+proxy and any load balancer call it every few seconds. Nothing is created per check: the
+Redis checks use the worker's own connections (its command pool and its one subscription).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
+from django.db import close_old_connections, connection
+
+from .worker import Worker
 
 CHECK_TIMEOUT_SECONDS = 3
 
@@ -22,12 +23,15 @@ def _failure(exc: BaseException) -> str:
 
 
 def database_check() -> str:
+    close_old_connections()
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except Exception as exc:
         return _failure(exc)
+    finally:
+        close_old_connections()
     return "ok"
 
 
@@ -40,50 +44,24 @@ def cache_check() -> str:
         return _failure(exc)
 
 
-def redis_check() -> str:
-    """PING the Redis server itself, so a Redis outage is named as such."""
-    import redis
-
-    client = redis.Redis.from_url(
-        settings.REDIS_URL,
-        socket_connect_timeout=CHECK_TIMEOUT_SECONDS,
-        socket_timeout=CHECK_TIMEOUT_SECONDS,
-    )
+async def _bounded(check: str, coroutine: object) -> str:
     try:
-        client.ping()
+        await asyncio.wait_for(coroutine, CHECK_TIMEOUT_SECONDS)  # type: ignore[arg-type]
     except Exception as exc:
         return _failure(exc)
-    finally:
-        client.close()
-    return "ok"
+    return check
 
 
-async def _channel_layer_round_trip() -> None:
-    layer = get_channel_layer()
-    channel = await layer.new_channel("healthz.")
-    await layer.send(channel, {"type": "healthz.ping"})
-    message = await layer.receive(channel)
-    if message.get("type") != "healthz.ping":
-        raise RuntimeError("unexpected message")
+async def health_checks(worker: Worker) -> dict[str, str]:
+    from .auth import DB_EXECUTOR
 
-
-def channel_layer_check() -> str:
-    """Send a message to ourselves over the channel layer the MCP sessions are routed on."""
-
-    async def bounded() -> None:
-        await asyncio.wait_for(_channel_layer_round_trip(), CHECK_TIMEOUT_SECONDS)
-
-    try:
-        async_to_sync(bounded)()
-    except Exception as exc:
-        return _failure(exc)
-    return "ok"
-
-
-def health_checks() -> dict[str, str]:
-    checks = {"database": database_check()}
-    if settings.REDIS_URL:
-        checks["redis"] = redis_check()
-    checks["cache"] = cache_check()
-    checks["channel_layer"] = channel_layer_check()
+    loop = asyncio.get_running_loop()
+    checks: dict[str, str] = {}
+    checks["database"] = await loop.run_in_executor(DB_EXECUTOR, database_check)
+    if settings.REDIS_URL and worker.bus is not None:
+        checks["redis"] = await _bounded("ok", worker.bus.ping())
+        # The subscription that carries forwarded requests and revocations.
+        checks["bus"] = "ok" if worker.bus.connected else "error: not subscribed"
+    checks["cache"] = await loop.run_in_executor(DB_EXECUTOR, cache_check)
+    checks["worker"] = "ok" if worker.state == "serving" else worker.state
     return checks

@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class ToolCall(models.Model):
@@ -19,7 +20,8 @@ class ToolCall(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     error = models.CharField(max_length=500, blank=True)
     duration_ms = models.FloatField(default=0)
-    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When the call was made (records are written in batches, a little later).
+    created = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         ordering = ["-created"]

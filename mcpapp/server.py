@@ -1,23 +1,28 @@
 """The MCP protocol engine: the SDK's MCPServer with our tools, permissions and audit.
 
 The SDK does JSON-RPC, version negotiation, capabilities and the tool schemas. We add: the
-registry in `mcpapp.tools`, per-user tool visibility by Django permission, the caller
-context for tools, and an audit record for every call.
+registry in `mcpapp.tools`, per-user tool visibility by Django permission, the caller for
+tools (`current_caller()`), and an audit record for every call (buffered, `mcpapp.audit`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import importlib
 import inspect
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
 from mcp.server.mcpserver import MCPServer
 from mcp_types import (
     CallToolRequestParams,
@@ -25,80 +30,114 @@ from mcp_types import (
     ListToolsResult,
     PaginatedRequestParams,
     TextContent,
+    ToolAnnotations,
 )
 
-from . import selectors, services
+from . import selectors
+from .audit import AuditWriter, ToolCallRecord
+from .identity import Caller, caller_of
+from .metrics import METRICS
 from .tools import TOOLS
-from .tools.context import Caller, set_caller
+from .tools.context import reset_caller, set_caller
 
 logger = logging.getLogger(__name__)
+
+# Plain (sync) tools run here: threads that keep their database connection between calls
+# (close_old_connections honours DATABASE_CONN_MAX_AGE), sized by MCP_TOOL_THREADS.
+TOOL_EXECUTOR = ThreadPoolExecutor(max_workers=settings.MCP_TOOL_THREADS, thread_name_prefix="mcp-tool")
+UNKNOWN_TOOL = "(unknown)"
 
 
 def load_tool(path: str) -> Callable[..., Any]:
     module_name, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
+    fn: Callable[..., Any] = getattr(importlib.import_module(module_name), attribute)
+    return fn
 
 
-def _as_async(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a plain (sync) tool in a worker thread with Django's connection handling."""
+def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    close_old_connections()
+    try:
+        return fn(**kwargs)
+    finally:
+        close_old_connections()
+
+
+def as_async(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A sync tool as a coroutine function that runs it in a tool thread, with the caller."""
     if inspect.iscoroutinefunction(fn):
         return fn
-    run = database_sync_to_async(fn, thread_sensitive=False)
 
     @functools.wraps(fn)
     async def wrapper(**kwargs: Any) -> Any:
-        return await run(**kwargs)
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(TOOL_EXECUTOR, context.run, _run_in_thread, fn, kwargs)
 
     wrapper.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
     return wrapper
 
 
-def caller_from_context(ctx: Any) -> Caller | None:
-    """The caller our auth middleware put on the HTTP request that carried this message."""
-    request = getattr(ctx, "request", None)
-    scope = getattr(request, "scope", None) or {}
-    user = scope.get("user")
-    token = getattr(user, "access_token", None)
-    claims = getattr(token, "claims", None) or {}
-    if not claims.get("mcp_user_id"):
-        return None
-    return Caller(
-        user_id=int(claims["mcp_user_id"]),
-        username=claims["username"],
-        client_id=token.client_id,
-        client_name=claims["client_name"],
-        scopes=tuple(token.scopes),
-        application_id=int(claims["application_id"]),
-    )
+def description_of(fn: Callable[..., Any]) -> str:
+    """The docstring as clients show it: paragraphs kept, the hard line breaks inside them not."""
+    doc = inspect.getdoc(fn) or ""
+    paragraphs = [re.sub(r"\s*\n\s*", " ", block.strip()) for block in re.split(r"\n\s*\n", doc)]
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def readable_argument_error(text: str) -> str:
+    """The SDK's pydantic dump for refused arguments, as one line per field for a person."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines or "validation error" not in lines[0]:
+        return text
+    problems: list[str] = []
+    field_name: str | None = None
+    for line in lines[1:]:
+        if line.startswith("For further information"):
+            continue
+        if field_name is None:
+            field_name = line
+            continue
+        reason = re.sub(r"\s*\[type=.*$", "", line)
+        problems.append(f"{field_name}: {reason}")
+        field_name = None
+    if not problems:
+        return text
+    return "Invalid arguments: " + "; ".join(problems)
 
 
 class DjangoMCPServer(MCPServer):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.required_permissions: dict[str, str] = {}
+        self.audit: AuditWriter | None = None
 
     def register(self, name: str, fn: Callable[..., Any]) -> None:
-        self.add_tool(_as_async(fn), name=name, description=inspect.getdoc(fn))
+        annotations = getattr(fn, "annotations", None)
+        self.add_tool(
+            as_async(fn),
+            name=name,
+            title=getattr(fn, "title", None),
+            description=description_of(fn),
+            annotations=annotations if isinstance(annotations, ToolAnnotations) else None,
+        )
         permission = getattr(fn, "required_permission", None)
         if permission:
             self.required_permissions[name] = permission
 
-    async def _allowed(self, caller: Caller | None, tool: str) -> bool:
-        permission = self.required_permissions.get(tool)
-        if permission is None:
-            return True
+    async def _permissions(self, caller: Caller | None) -> frozenset[str]:
         if caller is None:
-            return False
-        permissions = await database_sync_to_async(selectors.user_permissions)(user_id=caller.user_id)
-        return permission in permissions
+            return frozenset()
+        loop = asyncio.get_running_loop()
+        from .auth import DB_EXECUTOR
+
+        return await loop.run_in_executor(
+            DB_EXECUTOR, functools.partial(selectors.user_permissions, user_id=caller.user_id)
+        )
 
     async def _handle_list_tools(self, ctx: Any, params: PaginatedRequestParams | None) -> ListToolsResult:
-        caller = caller_from_context(ctx)
         tools = await self.list_tools()
         if self.required_permissions:
-            permissions: frozenset[str] = frozenset()
-            if caller is not None:
-                permissions = await database_sync_to_async(selectors.user_permissions)(user_id=caller.user_id)
+            permissions = await self._permissions(caller_from_context(ctx))
             tools = [
                 t
                 for t in tools
@@ -109,43 +148,70 @@ class DjangoMCPServer(MCPServer):
     async def _handle_call_tool(self, ctx: Any, params: CallToolRequestParams) -> Any:
         caller = caller_from_context(ctx)
         name = params.name
-        size = len(json.dumps(params.arguments or {}, default=str))
         started = time.perf_counter()
-        if not await self._allowed(caller, name):
-            await self._audit(caller, name, size, "denied", started, "permission required")
+        known = self._tool_manager.get_tool(name) is not None
+        permission = self.required_permissions.get(name)
+        if permission is not None and permission not in await self._permissions(caller):
+            self._audit(caller, name, params, "denied", started, "permission required", known=True)
             # Indistinguishable from a tool that does not exist: users without the
             # permission neither see nor call it.
             return CallToolResult(
                 content=[TextContent(type="text", text=f"Unknown tool: {name}")], is_error=True
             )
-        set_caller(caller)
+        token = set_caller(caller)
         try:
             result = await super()._handle_call_tool(ctx, params)
         finally:
-            set_caller(None)
+            reset_caller(token)
         is_error = bool(getattr(result, "is_error", False))
         error = ""
         if is_error:
             content = getattr(result, "content", None) or []
-            error = getattr(content[0], "text", "") if content else ""
-        await self._audit(caller, name, size, "error" if is_error else "ok", started, error)
+            first = content[0] if content else None
+            error = getattr(first, "text", "") or ""
+            readable = readable_argument_error(error)
+            if readable != error and isinstance(first, TextContent) and isinstance(result, CallToolResult):
+                result.content[0] = TextContent(type="text", text=readable)
+                error = readable
+        self._audit(caller, name, params, "error" if is_error else "ok", started, error, known=known)
         return result
 
-    async def _audit(
-        self, caller: Caller | None, tool: str, size: int, outcome: str, started: float, error: str
+    def _audit(
+        self,
+        caller: Caller | None,
+        tool: str,
+        params: CallToolRequestParams,
+        outcome: str,
+        started: float,
+        error: str,
+        *,
+        known: bool,
     ) -> None:
-        try:
-            await database_sync_to_async(services.tool_call_record)(
+        elapsed = time.perf_counter() - started
+        label = tool if known else UNKNOWN_TOOL  # metric labels stay a bounded set
+        METRICS.tool_calls.labels(tool=label, outcome=outcome).inc()
+        METRICS.tool_latency.labels(tool=label).observe(elapsed)
+        if self.audit is None:
+            return
+        self.audit.record_call(
+            ToolCallRecord(
                 user_id=caller.user_id if caller else None,
                 application_id=caller.application_id if caller else None,
-                tool=tool,
-                arguments_bytes=size,
+                tool=tool[:128],
+                arguments_bytes=len(json.dumps(params.arguments or {}, default=str)),
                 outcome=outcome,
-                duration_ms=(time.perf_counter() - started) * 1000,
+                duration_ms=elapsed * 1000,
                 error=error,
+                created=timezone.now(),
             )
-        except Exception:
-            logger.exception("could not record the call of tool %s", tool)
+        )
+
+
+def caller_from_context(ctx: Any) -> Caller | None:
+    """The caller the bearer-token layer put on the HTTP request that carried this message."""
+    request = getattr(ctx, "request", None)
+    scope = getattr(request, "scope", None)
+    return caller_of(scope) if scope is not None else None
 
 
 @functools.cache

@@ -1,332 +1,349 @@
-"""The per-process half of the MCP server: sessions this worker owns, and the forwarding link.
+"""The per-process half of the MCP server: the sessions this worker owns and its lifecycle.
 
-Each daphne process starts one `Worker` on its first MCP request. It owns:
+Each daphne process runs one `Worker`, started on its first request (daphne has no ASGI
+lifespan) or by `mcpapp.lifecycle` when the server starts. It owns:
 - the SDK's Streamable HTTP session manager (sessions, SSE/JSON answers, resumption, the
-  stateless 2026-07-28 protocol), fed by `dispatch_local`;
-- the legacy SSE sessions opened here;
-- a channel on the channel layer on which other workers forward requests for sessions
-  this worker owns. A forwarded request is served exactly like a local one, and every ASGI
-  message of the answer travels back to the worker that holds the client's connection.
+  stateless 2026-07-28 protocol) and the legacy SSE sessions (`sse.py`);
+- with Redis: the bus (one subscription for life), the session registry, the tunnel to
+  other workers, the revocation feed for the token cache;
+- the audit writer;
+- the drain: on SIGTERM it stops taking new sessions, lets in-flight calls finish, ends its
+  streams, writes what it buffered and leaves Redis (`drain`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qs
 from uuid import uuid4
 
 import anyio
-from channels.layers import get_channel_layer
 from django.conf import settings
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken as SDKAccessToken
+from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.message import ServerMessageMetadata, SessionMessage
-from mcp_types import jsonrpc_message_adapter
-from pydantic import ValidationError
-from sse_starlette import EventSourceResponse
-from starlette.requests import Request
 
-from . import registry
+from .audit import AuditWriter
+from .auth import TOKEN_CACHE, apply_revocation
+from .bus import Bus
 from .events import MemoryEventStore
+from .identity import SCOPE_KEY, Caller
+from .metrics import METRICS
+from .registry import LocalRegistry, RedisRegistry, Registry, SessionEntry
 from .server import build_server
+from .sse import MESSAGE_PATH, SseTransport, session_id_from_query
+from .tunnel import Tunnel
+from .wire import Message, Receive, Scope, Send, header, send_unavailable
 
 logger = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
+REGISTRY_REFRESH_FRACTION = 3  # refresh session entries three times per idle timeout
 
 
-def jsonrpc_error_body(code: int, message: str, request_id: Any = None) -> bytes:
-    return json.dumps(
-        {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
-    ).encode()
+class SessionManager(StreamableHTTPSessionManager):
+    """The SDK's manager, telling the worker when a session ends (however it ends)."""
 
+    def __init__(self, *args: Any, on_discard: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_discard = on_discard
 
-async def send_json(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), *(headers or [])],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def send_jsonrpc_error(
-    send: Send, status: int, code: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send_json(send, status, jsonrpc_error_body(code, message), headers)
-
-
-def sdk_user(claims: dict[str, Any]) -> AuthenticatedUser:
-    """The SDK's view of our caller: sessions are bound to (client, issuer, subject)."""
-    return AuthenticatedUser(
-        SDKAccessToken(
-            token=claims["checksum"],
-            client_id=claims["client_id"],
-            scopes=list(claims["scopes"]),
-            expires_at=int(claims["expires_at"]),
-            subject=str(claims["mcp_user_id"]),
-            claims=claims,
-        )
-    )
-
-
-@dataclass
-class SseSession:
-    """One legacy (2024-11-05) SSE session: the stream and the server task share this worker."""
-
-    session_id: str
-    claims: dict[str, Any]
-    inbound_send: Any = None
-    inbound_recv: Any = None
-    outbound_send: Any = None
-    outbound_recv: Any = None
-
-    def __post_init__(self) -> None:
-        self.inbound_send, self.inbound_recv = anyio.create_memory_object_stream[Any](64)
-        self.outbound_send, self.outbound_recv = anyio.create_memory_object_stream[Any](64)
+    async def _discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
+        known = session_id in self._server_instances
+        await super()._discard_session(session_id, transport)
+        if known:
+            self._on_discard(session_id)
 
 
 class Worker:
     def __init__(self) -> None:
-        self.channel: str = ""
-        self.layer: Any = None
+        self.id = uuid4().hex
         self.server = build_server()
-        self.manager = StreamableHTTPSessionManager(
+        self.audit = AuditWriter(worker_id=self.id)
+        self.server.audit = self.audit
+        self.manager = SessionManager(
             app=self.server._lowlevel_server,
             event_store=MemoryEventStore(),
             json_response=False,
             stateless=False,
-            # Host and Origin are checked in front of this, against PUBLIC_URL.
+            # Host and Origin are checked in front of this (mcpapp.guards), against PUBLIC_URL.
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             session_idle_timeout=settings.MCP_SESSION_IDLE_SECONDS,
             max_request_body_size=settings.MCP_MAX_BODY_BYTES,
+            retry_interval=settings.MCP_SSE_RETRY_MS or None,
+            on_discard=self._mcp_session_ended,
         )
-        self.sse_sessions: dict[str, SseSession] = {}
+        self.bus: Bus | None = None
+        self.registry: Registry = LocalRegistry()
+        if settings.REDIS_URL:
+            self.bus = Bus(
+                settings.REDIS_URL, self.id, on_message=self._bus_message, on_reset=self._bus_reset
+            )
+            self.registry = RedisRegistry(self.bus, ttl_seconds=settings.MCP_SESSION_IDLE_SECONDS + 60)
+        self.sse = SseTransport(
+            lowlevel=self.server._lowlevel_server,
+            registry=self.registry,
+            worker_id=self.id,
+            keepalive_seconds=settings.MCP_KEEPALIVE_SECONDS,
+        )
+        self.tunnel: Tunnel | None = None
+        if self.bus is not None:
+            self.tunnel = Tunnel(
+                bus=self.bus, registry=self.registry, worker_id=self.id, dispatch=self.dispatch
+            )
+        # Streamable HTTP sessions this worker created, for the registry (sid -> entry).
+        self.mcp_sessions: dict[str, SessionEntry] = {}
+        self.state = "starting"
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._streams: set[anyio.CancelScope] = set()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        METRICS.sessions.labels(transport="sse").set_function(lambda: len(self.sse.sessions))
+        METRICS.sessions.labels(transport="streamable_http").set_function(
+            lambda: len(self.manager._server_instances)
+        )
+        METRICS.watch_tables(
+            {
+                "token_cache": lambda: len(TOKEN_CACHE),
+                "token_watchers": lambda: TOKEN_CACHE.watcher_count,
+                "sse_sessions": lambda: len(self.sse.sessions),
+                "mcp_sessions": lambda: len(self.mcp_sessions),
+                "tunnel_pending": lambda: len(self.tunnel.pending) if self.tunnel else 0,
+                "tunnel_serving": lambda: len(self.tunnel.serving) if self.tunnel else 0,
+                "streams": lambda: len(self._streams),
+                "inflight": lambda: self._inflight,
+                "audit_buffer": lambda: self.audit.pending,
+                "last_used_throttle": lambda: self.audit.throttle_entries,
+            }
+        )
+        METRICS.draining.set_function(lambda: 1 if self.state == "draining" else 0)
 
-    async def ensure_started(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._main())
-        await self._started.wait()
+    # --- lifecycle ------------------------------------------------------------------------------
 
-    async def _main(self) -> None:
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        TOKEN_CACHE.bind(loop)
+        if self.bus is not None:
+            TOKEN_CACHE.trusted = False  # until the revocation feed is subscribed
+            self.bus.start()
+        self.audit.start()
+        ready = asyncio.Event()
+        self._tasks.append(loop.create_task(self._run_manager(ready)))
+        if self.bus is not None:
+            self._tasks.append(loop.create_task(self._refresh_registry_forever()))
+        await ready.wait()
+        self.state = "serving"
+        self._started.set()
+
+    async def _run_manager(self, ready: asyncio.Event) -> None:
+        async with self.manager.run():
+            ready.set()
+            await self._stop.wait()
+
+    async def _refresh_registry_forever(self) -> None:
+        period = max(5.0, settings.MCP_SESSION_IDLE_SECONDS / REGISTRY_REFRESH_FRACTION)
+        while True:
+            await asyncio.sleep(period)
+            await self._refresh_registry()
+
+    async def _refresh_registry(self) -> None:
+        entries = dict(self.mcp_sessions)
+        entries.update({sid: self.sse.entry_for(s) for sid, s in self.sse.sessions.items()})
         try:
-            await self._run()
-        except BaseException:
-            logger.exception("the MCP worker stopped")
-            raise
+            await self.registry.refresh(entries)
+        except Exception as exc:
+            logger.warning("could not refresh the session registry (%s)", type(exc).__name__)
 
-    async def _run(self) -> None:
-        self.layer = get_channel_layer()
-        self.channel = await self.layer.new_channel("mcpworker.")
-        async with self.manager.run(), anyio.create_task_group() as tg:
-            self._started.set()
-            while True:
-                message = await self.layer.receive(self.channel)
-                if message.get("type") == "mcp.tunnel.request":
-                    tg.start_soon(self._serve_forwarded_safely, message)
+    def _bus_message(self, channel: str, payload: Any) -> None:
+        if not isinstance(payload, dict):
+            return
+        if self.bus is not None and channel == self.bus.revocations:
+            apply_revocation(payload)
+        elif self.tunnel is not None:
+            self.tunnel.deliver(payload)
 
-    async def _serve_forwarded_safely(self, message: dict[str, Any]) -> None:
+    def _bus_reset(self, connected: bool) -> None:
+        TOKEN_CACHE.reset(trusted=connected)
+        if connected and self.state == "serving":
+            # Redis may have come back empty: put this worker's sessions back.
+            task = asyncio.get_running_loop().create_task(self._refresh_registry())
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    def _mcp_session_ended(self, session_id: str) -> None:
+        if self.mcp_sessions.pop(session_id, None) is not None:
+            task = asyncio.get_running_loop().create_task(self.registry.forget(session_id, owner=self.id))
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def drain(self, *, grace: float) -> None:
+        """Stop taking new sessions, let in-flight requests finish (up to `grace` seconds),
+        end every stream, write the audit buffer, and leave Redis."""
+        if self.state in {"draining", "stopped"}:
+            return
+        self.state = "draining"
+        started = time.monotonic()
+        logger.info(
+            "draining: %d request(s) in flight, %d stream(s) open", self._inflight, len(self._streams)
+        )
+        self._end_streams()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+        if self._inflight:
+            logger.warning(
+                "drain: %d request(s) still running after %.0f s; ending them", self._inflight, grace
+            )
+        if self.tunnel is not None:
+            await self.tunnel.abort_all()
+        self._end_streams()
+        await self.stop(audit_timeout=max(1.0, grace - (time.monotonic() - started)))
+
+    async def stop(self, *, audit_timeout: float = 2.0) -> None:
+        if self.state == "stopped":
+            return
+        self.state = "stopped"
+        self._end_streams()
+        await self.audit.close(timeout=audit_timeout)
+        self._stop.set()
+        for sid in list(self.mcp_sessions):
+            with contextlib.suppress(Exception):
+                await self.registry.forget(sid, owner=self.id)
+        for sid in list(self.sse.sessions):
+            with contextlib.suppress(Exception):
+                await self.registry.forget(sid, owner=self.id)
+        if self.bus is not None:
+            await self.bus.stop()
+        for task in self._tasks:
+            task.cancel()
+
+    def _end_streams(self) -> None:
+        for scope in list(self._streams):
+            scope.cancel()
+
+    # --- requests --------------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self.state == "serving"
+
+    @contextlib.asynccontextmanager
+    async def tracked(self, scope: Scope) -> AsyncIterator[None]:
+        """Count a request as in flight while it runs (the drain waits for it)."""
+        self._inflight += 1
+        self._idle.clear()
         try:
-            await self._serve_forwarded(message)
-        except Exception:
-            logger.exception("could not serve a forwarded MCP request")
+            yield
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
 
-    # --- requests served here -----------------------------------------------------------------
+    def endable(self, receive: Receive) -> Receive:
+        """`receive` for a long-lived stream: the drain ends it by faking the client's leave."""
+
+        async def wrapped() -> Message:
+            if self.state != "serving":
+                return {"type": "http.disconnect"}
+            scope = anyio.CancelScope()
+            self._streams.add(scope)
+            try:
+                with scope:
+                    return await receive()
+            finally:
+                self._streams.discard(scope)
+            return {"type": "http.disconnect"}
+
+        return wrapped
 
     def owns(self, session_id: str) -> bool:
-        return session_id in self.sse_sessions or session_id in self.manager._server_instances
+        return self.sse.holds(session_id) or session_id in self.manager._server_instances
 
-    async def dispatch_local(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
-        if path == "/sse/message":
-            await self.sse_post(scope, receive, send)
-        else:
-            await self.mcp_request(scope, receive, send)
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a request for a session of this worker (or a new one), local or forwarded."""
+        path, method = scope["path"], scope["method"]
+        if method == "GET":
+            receive = self.endable(receive)
+            if path == "/sse":
+                if not self.accepting:
+                    await send_unavailable(send, "This worker is restarting", retry_after=1)
+                    return
+                await self.sse.stream(scope, receive, send)
+                return
+            await self._mcp(scope, receive, send)
+            return
+        async with self.tracked(scope):
+            if path == MESSAGE_PATH:
+                await self.sse.post(scope, receive, send, scope.get("mcp.body", b""))
+            else:
+                await self._mcp(scope, receive, send)
 
-    async def mcp_request(self, scope: Scope, receive: Receive, send: Send) -> None:
-        claims = scope["user"].access_token.claims
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send) -> None:
+        requested = header(scope, b"mcp-session-id")
+        opening = requested is None and scope["method"] == "POST"
+        if opening and not self.accepting:
+            await send_unavailable(send, "This worker is restarting", retry_after=1)
+            return
+        if opening and self.bus is not None and not self.bus.connected:
+            await send_unavailable(send, "Redis is unavailable")
+            return
+        if not opening:
+            await self.manager.handle_request(scope, receive, send)
+            return
+        caller: Caller = scope[SCOPE_KEY]
 
-        async def watch(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers") or [])
-                session_id = headers.get(b"mcp-session-id")
-                status = message["status"]
-                if session_id and status < 400 and scope["method"] == "POST":
-                    await registry.session_claim(
-                        session_id.decode(),
-                        registry.SessionEntry(
-                            owner=self.channel,
-                            user_id=int(claims["mcp_user_id"]),
-                            client_id=claims["client_id"],
-                            kind="mcp",
-                        ),
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                session_id = dict(message.get("headers") or ()).get(b"mcp-session-id")
+                if session_id:
+                    sid = session_id.decode()
+                    entry = SessionEntry(
+                        owner=self.id, user_id=caller.user_id, client_id=caller.client_id, kind="mcp"
                     )
-                requested = dict(scope["headers"]).get(b"mcp-session-id")
-                if requested and (status == 404 or (scope["method"] == "DELETE" and status < 300)):
-                    await registry.session_forget(requested.decode())
+                    self.mcp_sessions[sid] = entry
+                    try:
+                        await self.registry.claim(sid, entry)
+                    except Exception as exc:
+                        logger.warning("session %s is reachable on this worker only (%s)", sid[:8], exc)
             await send(message)
 
         await self.manager.handle_request(scope, receive, watch)
 
-    # --- legacy SSE ----------------------------------------------------------------------------
-
-    async def sse_stream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """GET /sse: the stream, whose first event names where to POST messages."""
-        claims = scope["user"].access_token.claims
-        session = SseSession(session_id=uuid4().hex, claims=claims)
-        self.sse_sessions[session.session_id] = session
-        await registry.session_claim(
-            session.session_id,
-            registry.SessionEntry(
-                owner=self.channel,
-                user_id=int(claims["mcp_user_id"]),
-                client_id=claims["client_id"],
-                kind="sse",
-            ),
-        )
-        lowlevel = self.server._lowlevel_server
-
-        async def events() -> AsyncIterator[dict[str, str]]:
-            yield {"event": "endpoint", "data": f"/sse/message?sessionId={session.session_id}"}
-            async for outbound in session.outbound_recv:
-                yield {
-                    "event": "message",
-                    "data": outbound.message.model_dump_json(by_alias=True, exclude_unset=True),
-                }
-
-        try:
-            async with anyio.create_task_group() as tg:
-
-                async def run_server() -> None:
-                    await lowlevel.run(
-                        session.inbound_recv,
-                        session.outbound_send,
-                        lowlevel.create_initialization_options(),
-                    )
-
-                tg.start_soon(run_server)
-                await EventSourceResponse(
-                    events(), ping=settings.MCP_KEEPALIVE_SECONDS, headers={"Cache-Control": "no-store"}
-                )(scope, receive, send)
-                tg.cancel_scope.cancel()
-        finally:
-            self.sse_sessions.pop(session.session_id, None)
-            await registry.session_forget(session.session_id)
-
-    async def sse_post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """POST /sse/message?sessionId=...: 202, and the answer goes out on the stream."""
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        session_id = (query.get("sessionId") or query.get("session_id") or [""])[0]
-        session = self.sse_sessions.get(session_id)
-        claims = scope["user"].access_token.claims
-        if (
-            session is None
-            or session.claims["mcp_user_id"] != claims["mcp_user_id"]
-            or (session.claims["client_id"] != claims["client_id"])
-        ):
-            await send_jsonrpc_error(send, 404, INVALID_REQUEST, "Session not found")
-            return
-        request = Request(scope, receive)
-        body = await request.body()
-        try:
-            message = jsonrpc_message_adapter.validate_json(body, by_name=False)
-        except ValidationError as exc:
-            is_json = not any(err.get("type") == "json_invalid" for err in exc.errors())
-            code, text = (
-                (INVALID_REQUEST, "Invalid JSON-RPC message") if is_json else (PARSE_ERROR, "Parse error")
-            )
-            await send_jsonrpc_error(send, 400, code, text)
-            return
-        await send(
-            {"type": "http.response.start", "status": 202, "headers": [(b"content-type", b"text/plain")]}
-        )
-        await send({"type": "http.response.body", "body": b"Accepted", "more_body": False})
-        await registry.session_touch(session_id)
-        await session.inbound_send.send(
-            SessionMessage(message, metadata=ServerMessageMetadata(request_context=request))
-        )
-
-    # --- forwarding between workers ------------------------------------------------------------
-
-    async def _serve_forwarded(self, message: dict[str, Any]) -> None:
-        """Serve a request another worker forwarded, streaming the answer back to it."""
-        reply = message["reply"]
-        peer = await self.layer.new_channel("mcppeer.")
-        portable = message["scope"]
-        scope: Scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "scheme": "http",
-            "method": portable["method"],
-            "path": portable["path"],
-            "raw_path": portable["path"].encode(),
-            "root_path": "",
-            "query_string": portable["query_string"],
-            "headers": [(bytes(k), bytes(v)) for k, v in portable["headers"]],
-            "client": None,
-            "server": None,
-            "user": sdk_user(portable["claims"]),
-        }
-        body: bytes = message["body"]
-        disconnected = anyio.Event()
-        body_given = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal body_given
-            if not body_given:
-                body_given = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await disconnected.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(asgi_message: dict[str, Any]) -> None:
-            await self.layer.send(reply, {"type": "mcp.tunnel.send", "message": asgi_message, "peer": peer})
-
-        async def listen() -> None:
-            # Receives on the channel layer are never cancelled (channels_redis turns a
-            # cancelled read into an error); the loop ends on a message instead.
-            while True:
-                event = await self.layer.receive(peer)
-                if event.get("type") in {"mcp.tunnel.disconnect", "mcp.tunnel.done"}:
-                    disconnected.set()
-                    return
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(listen)
-            try:
-                await self.dispatch_local(scope, receive, send)
-            except Exception:
-                logger.exception("forwarded MCP request failed")
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self.layer.send(peer, {"type": "mcp.tunnel.done"})
+    def session_id_of(self, scope: Scope) -> str | None:
+        if scope["path"] == MESSAGE_PATH:
+            return session_id_from_query(scope)
+        return header(scope, b"mcp-session-id")
 
 
 _worker: Worker | None = None
+_starting: asyncio.Future[Worker] | None = None
 
 
 async def get_worker() -> Worker:
-    global _worker
-    if _worker is None:
-        _worker = Worker()
-    await _worker.ensure_started()
+    """This process's worker, started on first use."""
+    global _worker, _starting
+    if _worker is not None and _worker._started.is_set():
+        return _worker
+    if _starting is None:
+        _starting = asyncio.get_running_loop().create_future()
+        worker = Worker()
+        try:
+            await worker.start()
+        except BaseException as exc:
+            _starting.set_exception(exc)
+            _starting.exception()
+            _starting = None
+            raise
+        _worker = worker
+        _starting.set_result(worker)
+        return worker
+    return await asyncio.shield(_starting)
+
+
+def current_worker() -> Worker | None:
     return _worker

@@ -9,6 +9,7 @@ with `DEBUG` off the module refuses to load on an unsafe value rather than run i
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -201,9 +202,11 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL and a busy timeout let the async transports and the web pages share the file.
+    # WAL and a busy timeout let the async transports and the web pages share the file;
+    # IMMEDIATE transactions take the write lock up front, so two writers queue on the busy
+    # timeout instead of one failing at once with "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -217,17 +220,10 @@ if REDIS_URL:
             "OPTIONS": {"socket_connect_timeout": 5, "socket_timeout": 5},
         }
     }
-    # The pub/sub layer: forwarded MCP requests go to one live worker's channel, and its
-    # reads are safe to cancel (the list-based core layer's are not with redis-py 6+).
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
-        }
-    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# MCP traffic between workers (forwarded requests, token revocations) goes over Redis
+# directly (mcpapp.bus), one subscription per worker; nothing uses a channel layer.
 
 # --- Auth -----------------------------------------------------------------------------------
 
@@ -307,15 +303,41 @@ CORS_ALLOW_HEADERS = ["authorization", "content-type", "mcp-protocol-version"]
 # --- MCP resource server ---------------------------------------------------------------------
 
 MCP_SERVER_NAME = env_str("MCP_SERVER_NAME", "Django MCP server")
+# How long a checked bearer token is kept in a worker's memory. Revocation reaches every
+# worker at once through Redis; this bounds changes made behind the server's back (SQL).
 MCP_TOKEN_CACHE_SECONDS = env_int("MCP_TOKEN_CACHE_SECONDS", 30)
 MCP_MAX_BODY_BYTES = env_int("MCP_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 MCP_KEEPALIVE_SECONDS = env_int("MCP_KEEPALIVE_SECONDS", 15, minimum=1)
 MCP_AUTH_RECHECK_SECONDS = env_int("MCP_AUTH_RECHECK_SECONDS", 5, minimum=1)
 MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 3600, minimum=10)
+# SSE `retry` (milliseconds) sent in the priming event of Streamable HTTP streams, so a client
+# whose stream is closed reconnects with Last-Event-ID after that long (0: none sent).
+MCP_SSE_RETRY_MS = env_int("MCP_SSE_RETRY_MS", 1000)
+# Threads for plain (sync) tools; each keeps its database connection.
+MCP_TOOL_THREADS = env_int("MCP_TOOL_THREADS", 8, minimum=1)
+# Tool-call audit records are buffered and written in batches: at most this many waiting
+# (while the database is unreachable; past it records are dropped, logged and counted),
+# written every this many milliseconds, and spooled to this folder if the database is down
+# when the worker stops (the next worker writes them).
+MCP_AUDIT_BUFFER = env_int("MCP_AUDIT_BUFFER", 100_000, minimum=100)
+MCP_AUDIT_FLUSH_MS = env_int("MCP_AUDIT_FLUSH_MS", 250, minimum=10)
+MCP_AUDIT_SPOOL_DIR = env_str("MCP_AUDIT_SPOOL_DIR") or str(BASE_DIR / "var" / "audit-spool")
+# On SIGTERM a worker stops taking new sessions and gives in-flight requests this long to
+# finish (keep it below the container's stop_grace_period; docker-compose.yml sets 30 s).
+MCP_DRAIN_SECONDS = env_int("MCP_DRAIN_SECONDS", 20, minimum=0)
 # Browser origins allowed to call /mcp and /sse besides PUBLIC_URL and loopback origins.
 MCP_ALLOWED_ORIGINS = env_list("MCP_ALLOWED_ORIGINS")
 # The official conformance suite's tools, resources and prompts; for testing only.
 MCP_CONFORMANCE_FIXTURES = env_bool("MCP_CONFORMANCE_FIXTURES", False)
+
+# /metrics (Prometheus): staff users, these addresses (CIDRs), or `Authorization: Bearer
+# <METRICS_TOKEN>`. The default lets only this machine in.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1/32,::1/128")
+try:
+    METRICS_ALLOWED_NETWORKS = [ipaddress.ip_network(value, strict=False) for value in METRICS_ALLOWED_IPS]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {exc}") from exc
 
 # Cleanup (`manage.py prune_expired`, run daily by the compose `prune` service): dynamically
 # registered clients unused for this many days, or never used this many days after

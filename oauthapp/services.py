@@ -146,10 +146,14 @@ def client_use_key(*, application_id: int, user_id: int | None) -> str:
 
 
 def client_mark_used_now(*, application_id: int, user_id: int | None) -> None:
-    now = timezone.now()
-    Application.objects.filter(pk=application_id).update(last_used_at=now)
+    client_mark_used_at(application_id=application_id, user_id=user_id, when=timezone.now())
+
+
+def client_mark_used_at(*, application_id: int, user_id: int | None, when: datetime) -> None:
+    """Move the client's (and the user's consent's) "last used" to `when`."""
+    Application.objects.filter(pk=application_id).update(last_used_at=when)
     if user_id is not None:
-        Consent.objects.filter(application_id=application_id, user_id=user_id).update(last_used_at=now)
+        Consent.objects.filter(application_id=application_id, user_id=user_id).update(last_used_at=when)
 
 
 @dataclass(frozen=True)

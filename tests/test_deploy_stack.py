@@ -148,8 +148,9 @@ def test_healthz_through_the_proxy_checks_postgres_and_redis(stack: Stack) -> No
     assert response.json()["checks"] == {
         "database": "ok",
         "redis": "ok",
+        "bus": "ok",
         "cache": "ok",
-        "channel_layer": "ok",
+        "worker": "ok",
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -9,7 +10,7 @@ from django.contrib.auth import get_user_model
 from pytest_django.fixtures import Settings
 from social_django.models import UserSocialAuth
 
-from mcpapp.tools.context import Caller, ToolError, set_caller
+from mcpapp.tools.context import Caller, ToolError, reset_caller, set_caller
 from mcpapp.tools.github_user import github_user
 from oauthapp import encryption, services
 from oauthapp.models import GithubCredential
@@ -30,11 +31,21 @@ def github_api(settings: Settings, fake_github: FakeGithub) -> FakeGithub:
 def caller() -> Iterator[Caller]:
     user = get_user_model().objects.create_user("carol", password="carol-password-789")
     caller = Caller(
-        user_id=user.pk, username="carol", client_id="client-1", client_name="Test client", scopes=("mcp",)
+        user_id=user.pk,
+        username="carol",
+        application_id=1,
+        client_id="client-1",
+        client_name="Test client",
+        scopes=("mcp",),
+        token_id=1,
+        token_checksum="0" * 64,
+        resources=(),
+        expires_at=time.time() + 3600,
+        issuer="http://localhost:8787",
     )
-    set_caller(caller)
+    token = set_caller(caller)
     yield caller
-    set_caller(None)
+    reset_caller(token)
 
 
 def link_github(*, user_id: int, account: GithubUser, token: str) -> UserSocialAuth:

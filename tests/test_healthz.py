@@ -24,7 +24,7 @@ def test_it_answers_200_when_postgres_and_redis_answer(tmp_path: Path) -> None:
     assert response.headers["cache-control"] == "no-store"
     assert response.json() == {
         "status": "ok",
-        "checks": {"database": "ok", "redis": "ok", "cache": "ok", "channel_layer": "ok"},
+        "checks": {"database": "ok", "redis": "ok", "bus": "ok", "cache": "ok", "worker": "ok"},
     }
 
 
@@ -45,7 +45,8 @@ def test_it_answers_503_naming_redis_when_redis_is_down(tmp_path: Path) -> None:
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["redis"].startswith("error: ")
     assert body["checks"]["cache"].startswith("error: ")
-    assert body["checks"]["channel_layer"].startswith("error: ")
+    assert body["checks"]["bus"].startswith("error: ")
+    assert body["checks"]["worker"] == "ok"
 
 
 def test_it_answers_503_naming_the_database_when_it_is_gone(tmp_path: Path) -> None:
@@ -63,5 +64,5 @@ def test_it_answers_503_naming_the_database_when_it_is_gone(tmp_path: Path) -> N
     checks = response.json()["checks"]
     assert checks["database"].startswith("error: ")
     assert checks["cache"] == "ok"
-    assert checks["channel_layer"] == "ok"
-    assert "redis" not in checks
+    assert checks["worker"] == "ok"
+    assert "redis" not in checks and "bus" not in checks

@@ -435,12 +435,18 @@ def test_the_permission_gated_tool_is_hidden_and_refused_until_granted(
     assert allowed["isError"] is False
     client.close()
 
-    rows = server.sql(
-        "SELECT t.tool, t.outcome, t.arguments_bytes FROM mcpapp_toolcall t "
-        "JOIN auth_user u ON u.id = t.user_id WHERE u.username = 'bob' ORDER BY t.id"
-    )
-    assert rows[0][:2] == ("server_stats", "denied")
-    assert rows[-1][:2] == ("server_stats", "ok")
+    def rows() -> list[tuple[Any, ...]]:
+        return server.sql(
+            "SELECT t.tool, t.outcome, t.arguments_bytes FROM mcpapp_toolcall t "
+            "JOIN auth_user u ON u.id = t.user_id WHERE u.username = 'bob' AND t.tool = 'server_stats' "
+            "ORDER BY t.created, t.id"
+        )
+
+    # The audit is written in batches, a moment after the calls.
+    deadline = time.monotonic() + 10
+    while len(rows()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [r[:2] for r in rows()] == [("server_stats", "denied"), ("server_stats", "ok")]
 
 
 def test_shutting_down_closes_open_streams_cleanly(tmp_path: Any) -> None:

@@ -5,22 +5,13 @@ Tools are plain typed functions; one that needs the caller reads `current_caller
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-from dataclasses import dataclass
+from contextvars import ContextVar, Token
 
 from mcp.server.mcpserver.exceptions import ToolError
 
+from mcpapp.identity import Caller
+
 __all__ = ["Caller", "ToolError", "current_caller"]
-
-
-@dataclass(frozen=True)
-class Caller:
-    user_id: int
-    username: str
-    client_id: str
-    client_name: str
-    scopes: tuple[str, ...]
-    application_id: int = 0
 
 
 _caller: ContextVar[Caller | None] = ContextVar("mcp_caller", default=None)
@@ -33,8 +24,12 @@ def current_caller() -> Caller:
     return caller
 
 
-def set_caller(caller: Caller | None) -> None:
-    _caller.set(caller)
+def set_caller(caller: Caller | None) -> Token[Caller | None]:
+    return _caller.set(caller)
+
+
+def reset_caller(token: Token[Caller | None]) -> None:
+    _caller.reset(token)
 
 
 def requires_permission(permission: str):  # type: ignore[no-untyped-def]

@@ -123,7 +123,7 @@ class LiveServer:
             [
                 sys.executable,
                 "-m",
-                "daphne",
+                "mcpapp.lifecycle",  # daphne with the MCP worker's start and drain
                 "-b",
                 "127.0.0.1",
                 "-p",

@@ -1,0 +1,126 @@
+"""daphne, started and stopped the way an operator expects.
+
+`DrainingServer` is daphne's own server with three changes:
+- the MCP worker starts with the server (its Redis subscription and heartbeat are up before
+  the first request), and the listen backlog is deep enough for a burst of new sessions
+  (Twisted's default of 50 makes the 51st simultaneous connection wait a second for a SYN
+  retry);
+- SIGTERM drains (what `docker compose stop` and `up --build` send): the worker stops taking
+  new sessions and says so on /healthz, in-flight calls get MCP_DRAIN_SECONDS to finish,
+  streams end properly, the audit buffer is written, and only then does daphne cancel what is
+  left and exit. SIGINT (Ctrl-C in `make run`) does the same with no grace; a second Ctrl-C
+  exits at once;
+- the process really exits: threads the SDK started for sync functions (AnyIO's worker
+  threads, which under daphne are never told to stop) are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from daphne.cli import CommandLineInterface
+from daphne.server import Server
+from django.conf import settings
+from twisted.internet import defer, reactor
+
+logger = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 2048
+
+
+class DrainingServer(Server):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        endpoints = [
+            f"{e}:backlog={LISTEN_BACKLOG}" if e.startswith("tcp:") and "backlog=" not in e else e
+            for e in kwargs.pop("endpoints", None) or []
+        ]
+        super().__init__(*args, endpoints=endpoints, **kwargs)
+        self._grace = float(settings.MCP_DRAIN_SECONDS)
+        self._interrupted = False
+        self._starting: asyncio.Future[None] | None = None
+
+    def run(self) -> None:
+        reactor.callWhenRunning(self._when_running)  # type: ignore[attr-defined]
+        try:
+            super().run()
+        finally:
+            release_anyio_threads()
+
+    def _when_running(self) -> None:
+        loop = asyncio.get_event_loop()
+        # After Twisted installed its own handlers: ours replace them.
+        loop.add_signal_handler(signal.SIGTERM, self._stop, float(settings.MCP_DRAIN_SECONDS), "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        self._starting = asyncio.ensure_future(self._start_worker())
+
+    @staticmethod
+    async def _start_worker() -> None:
+        from .worker import get_worker
+
+        try:
+            await get_worker()
+        except Exception:
+            logger.exception("the MCP worker could not start")
+
+    def _interrupt(self) -> None:
+        if self._interrupted:
+            os._exit(130)  # a second Ctrl-C: the user means it
+        self._interrupted = True
+        self._stop(0.0, "SIGINT")
+
+    def _stop(self, grace: float, why: str) -> None:
+        logger.info("%s: stopping%s", why, f" (in-flight requests get {grace:.0f} s)" if grace else "")
+        self._grace = grace
+        if reactor.running:  # type: ignore[attr-defined]
+            reactor.stop()  # type: ignore[attr-defined]
+
+    def kill_all_applications(self) -> defer.Deferred[Any]:
+        """Before daphne cancels every request: drain the worker (see the module docstring)."""
+        return defer.Deferred.fromFuture(asyncio.ensure_future(self._drain_then_kill()))
+
+    async def _drain_then_kill(self) -> None:
+        from .worker import current_worker
+
+        worker = current_worker()
+        if worker is not None:
+            try:
+                await worker.drain(grace=self._grace)
+            except Exception:
+                logger.exception("draining the MCP worker failed")
+        remaining = super().kill_all_applications()
+        await remaining.asFuture(asyncio.get_event_loop())
+
+
+def release_anyio_threads() -> None:
+    """Tell AnyIO's idle worker threads to finish, so interpreter shutdown does not wait on them."""
+    for thread in threading.enumerate():
+        queue = getattr(thread, "queue", None)
+        if thread.name == "AnyIO worker thread" and queue is not None:
+            thread.stopping = True  # type: ignore[attr-defined]
+            try:
+                queue.put_nowait(None)
+            except Exception:  # a full queue: the thread is busy and will see it after
+                logger.debug("could not signal an AnyIO worker thread", exc_info=True)
+
+
+class DrainingCommandLine(CommandLineInterface):
+    server_class = DrainingServer
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m mcpapp.lifecycle <daphne arguments>`: daphne's command line, this server."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mcpsite.settings")
+    import django
+
+    django.setup()
+    DrainingCommandLine().run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()

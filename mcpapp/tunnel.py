@@ -1,0 +1,297 @@
+"""Both halves of cross-worker forwarding, side by side.
+
+A request for a session another worker owns travels there whole (method, path, headers,
+body, and the already-checked caller) through the owner's inbox on the bus; the owner serves
+it exactly like a local request, and every ASGI message of its answer comes back through
+the forwarding worker's inbox, keyed by the request id. Nothing is created per request on
+Redis: each worker has one inbox for its whole life.
+
+    client ──HTTP──> worker B (forwarder)                         worker A (owner)
+                     FORWARD_REQUEST {rid, from: B, scope, body} ──> serve(): dispatch locally
+                     <── ANSWER {rid, message} ... (http.response.start, body chunks)
+                     CANCEL {rid} ──> (the client went away)
+                     <── ABORT {rid} (the owner could not finish: draining past its grace)
+
+Nothing waits on a worker that is gone: a request to an owner that receives nothing is
+answered at once (404 if the owner is dead, 503 if it is reconnecting to Redis), and one
+watcher per forwarding worker checks the owners of in-flight requests twice a second, ending
+the request (404 before the answer started, the end of the stream after) within about 1.5 s
+of an owner's death. The owner in turn learns that the forwarder is gone when an answer
+reaches nobody, and treats that as the client's disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis.exceptions import RedisError
+
+from .guards import BODY_KEY
+from .identity import SCOPE_KEY, Caller
+from .metrics import METRICS
+from .wire import (
+    SESSION_NOT_FOUND,
+    BackendUnavailable,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    send_jsonrpc_error,
+    send_unavailable,
+)
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .registry import Registry, SessionEntry
+
+logger = logging.getLogger(__name__)
+
+FORWARD_REQUEST = "req"
+ANSWER = "msg"
+CANCEL = "cancel"
+ABORT = "abort"
+OWNER_WATCH_SECONDS = 0.5
+
+_DISCONNECTED: dict[str, Any] = {"k": "client_gone"}
+_OWNER_GONE: dict[str, Any] = {"k": "owner_gone"}
+
+Dispatch = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def encode_scope(scope: Scope) -> dict[str, Any]:
+    return {
+        "method": scope["method"],
+        "path": scope["path"],
+        "query_string": scope.get("query_string", b""),
+        "headers": [[k, v] for k, v in scope.get("headers", ())],
+        "request_id": scope.get("mcp.request_id", ""),
+    }
+
+
+def decode_scope(data: dict[str, Any], caller: Caller) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "http",
+        "method": data["method"],
+        "path": data["path"],
+        "raw_path": data["path"].encode(),
+        "root_path": "",
+        "query_string": data["query_string"],
+        "headers": [(bytes(k), bytes(v)) for k, v in data["headers"]],
+        "client": None,
+        "server": None,
+        "mcp.request_id": data.get("request_id", ""),
+        "mcp.forwarded": True,
+        SCOPE_KEY: caller,
+        "user": caller.sdk_user,
+    }
+
+
+class Tunnel:
+    def __init__(self, *, bus: Bus, registry: Registry, worker_id: str, dispatch: Dispatch) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.worker_id = worker_id
+        self.dispatch = dispatch
+        self._ids = itertools.count(1)
+        # Requests this worker forwarded, waiting for answers: rid -> (owner, queue).
+        self.pending: dict[str, tuple[str, asyncio.Queue[dict[str, Any]]]] = {}
+        # Requests this worker serves for others: rid -> (the forwarder, an event set when the
+        # client is gone).
+        self.serving: dict[str, tuple[str, anyio.Event]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # --- bus messages -------------------------------------------------------------------------
+
+    def deliver(self, payload: dict[str, Any]) -> None:
+        """A message arrived in this worker's inbox (called on the event loop)."""
+        kind = payload.get("k")
+        rid = str(payload.get("rid", ""))
+        if kind == FORWARD_REQUEST:
+            task = asyncio.get_running_loop().create_task(self._serve_safely(payload))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif kind in (ANSWER, ABORT):
+            waiting = self.pending.get(rid)
+            if waiting is not None:
+                waiting[1].put_nowait(payload)
+        elif kind == CANCEL:
+            serving = self.serving.get(rid)
+            if serving is not None:
+                serving[1].set()
+
+    # --- the forwarding half ------------------------------------------------------------------
+
+    async def forward(
+        self, entry: SessionEntry, session_id: str, scope: Scope, body: bytes, receive: Receive, send: Send
+    ) -> None:
+        """Hand the request to the worker that owns the session and relay its answer."""
+        caller: Caller = scope[SCOPE_KEY]
+        rid = f"{self.worker_id}:{next(self._ids)}"
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.pending[rid] = (entry.owner, queue)
+        self._ensure_watcher()
+        started = finished = False
+        client_task: asyncio.Task[None] | None = None
+        try:
+            try:
+                delivered = await self.bus.send(
+                    entry.owner,
+                    {
+                        "k": FORWARD_REQUEST,
+                        "rid": rid,
+                        "from": self.worker_id,
+                        "scope": encode_scope(scope),
+                        "caller": caller.encode(),
+                        "body": body,
+                    },
+                )
+            except (RedisError, OSError) as exc:
+                raise BackendUnavailable("Redis is unavailable") from exc
+            if delivered == 0:
+                await self._owner_unreachable(entry, session_id, send)
+                return
+
+            async def watch_client() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                queue.put_nowait(_DISCONNECTED)
+
+            client_task = asyncio.get_running_loop().create_task(watch_client())
+            while True:
+                item = await queue.get()
+                kind = item.get("k")
+                if item is _DISCONNECTED:
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.bus.send(entry.owner, {"k": CANCEL, "rid": rid})
+                    METRICS.forwards.labels(direction="out", outcome="client_gone").inc()
+                    return
+                if item is _OWNER_GONE or kind == ABORT:
+                    METRICS.forwards.labels(direction="out", outcome="owner_gone").inc()
+                    if not started:
+                        if item is _OWNER_GONE:
+                            await self.registry.forget(session_id, owner=entry.owner)
+                            await send_jsonrpc_error(send, 404, SESSION_NOT_FOUND, "Session not found")
+                        else:
+                            await send_unavailable(send, "The worker holding this session is restarting")
+                        finished = True
+                    return
+                message: Message = item["m"]
+                if message["type"] == "http.response.start":
+                    started = True
+                    message = {
+                        **message,
+                        "headers": [(bytes(k), bytes(v)) for k, v in message.get("headers", ())],
+                    }
+                elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                    finished = True
+                await send(message)
+                if finished:
+                    METRICS.forwards.labels(direction="out", outcome="answered").inc()
+                    return
+        finally:
+            self.pending.pop(rid, None)
+            if client_task is not None:
+                client_task.cancel()
+            if started and not finished:
+                # The owner went away mid-stream: end the response properly.
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _owner_unreachable(self, entry: SessionEntry, session_id: str, send: Send) -> None:
+        try:
+            state = await self.bus.worker_state(entry.owner)
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable("Redis is unavailable") from exc
+        if state == "gone":
+            METRICS.forwards.labels(direction="out", outcome="owner_gone").inc()
+            await self.registry.forget(session_id, owner=entry.owner)
+            await send_jsonrpc_error(send, 404, SESSION_NOT_FOUND, "Session not found")
+        else:
+            METRICS.forwards.labels(direction="out", outcome="owner_reconnecting").inc()
+            await send_unavailable(send, "The worker holding this session is reconnecting")
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_owners())
+
+    async def _watch_owners(self) -> None:
+        """While requests are in flight, check their owners; end those of a dead one."""
+        while self.pending:
+            await asyncio.sleep(OWNER_WATCH_SECONDS)
+            owners = {owner for owner, _queue in self.pending.values()}
+            for owner in owners:
+                try:
+                    state = await self.bus.worker_state(owner)
+                except (RedisError, OSError):
+                    continue  # Redis itself is away: the bus reports that separately
+                if state == "gone":
+                    for waiting_owner, queue in list(self.pending.values()):
+                        if waiting_owner == owner:
+                            queue.put_nowait(_OWNER_GONE)
+
+    # --- the owning half -----------------------------------------------------------------------
+
+    async def _serve_safely(self, payload: dict[str, Any]) -> None:
+        try:
+            await self._serve(payload)
+        except Exception:
+            logger.exception("could not serve a forwarded MCP request")
+
+    async def _serve(self, payload: dict[str, Any]) -> None:
+        rid, reply_to = str(payload["rid"]), str(payload["from"])
+        caller = Caller.decode(payload["caller"])
+        body: bytes = payload["body"]
+        scope = {**decode_scope(payload["scope"], caller), BODY_KEY: body}
+        gone = anyio.Event()
+        self.serving[rid] = (reply_to, gone)
+        given = False
+        state = {"started": False, "finished": False}
+
+        async def receive() -> Message:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if gone.is_set():
+                return
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["finished"] = True
+            try:
+                delivered = await self.bus.send(reply_to, {"k": ANSWER, "rid": rid, "m": dict(message)})
+            except (RedisError, OSError):
+                delivered = 0
+            if delivered == 0:
+                gone.set()  # nobody is listening any more: as good as a disconnect
+
+        try:
+            await self.dispatch(scope, receive, send)
+            METRICS.forwards.labels(direction="in", outcome="answered").inc()
+        finally:
+            self.serving.pop(rid, None)
+            if not state["finished"] and not gone.is_set():
+                with contextlib.suppress(RedisError, OSError):
+                    await self.bus.send(reply_to, {"k": ABORT, "rid": rid})
+
+    async def abort_all(self) -> None:
+        """Shutting down past the grace period: every forwarder still waiting on this worker
+        gets ABORT (its client a clean 503 or the end of its stream), never silence."""
+        for rid, (reply_to, gone) in list(self.serving.items()):
+            gone.set()
+            with contextlib.suppress(RedisError, OSError):
+                await self.bus.send(reply_to, {"k": ABORT, "rid": rid})

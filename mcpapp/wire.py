@@ -1,0 +1,114 @@
+"""What goes over the wire in ASGI: the types, JSON-RPC error codes, and the responses the
+MCP front door writes itself (everything else comes from the SDK's transports)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+# JSON-RPC 2.0 error codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Implementation-defined server errors (-32000 to -32099).
+SERVER_UNAVAILABLE = -32001  # a backend (database, Redis) or this worker cannot serve now
+SESSION_NOT_FOUND = INVALID_REQUEST  # what the SDK answers for an unknown session, kept alike
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (lower-case bytes), decoded as latin-1."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def jsonrpc_error_body(code: int, message: str, request_id: Any = None, data: Any = None) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode()
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"cache-control", b"no-store"),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_jsonrpc_error(
+    send: Send, status: int, code: int, message: str, headers: Headers | None = None
+) -> None:
+    await send_json(send, status, jsonrpc_error_body(code, message), headers)
+
+
+async def send_unavailable(send: Send, what: str, *, retry_after: int = 2) -> None:
+    """503 with a JSON-RPC error and Retry-After: the client should simply try again."""
+    await send_jsonrpc_error(
+        send,
+        503,
+        SERVER_UNAVAILABLE,
+        f"{what}; try again in a few seconds",
+        [(b"retry-after", str(retry_after).encode())],
+    )
+
+
+async def send_html(send: Send, status: int, body: str, headers: Headers | None = None) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"cache-control", b"no-store"),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body.encode(), "more_body": False})
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None if the client left or it exceeds `limit` bytes
+    (the caller tells those apart by whether it sent a response)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+class BackendUnavailable(Exception):
+    """A backend the request needs (the database, Redis) did not answer; the message names it."""
