@@ -46,7 +46,7 @@ class DrainingServer(Server):
         self._starting: asyncio.Future[None] | None = None
 
     def run(self) -> None:
-        reactor.callWhenRunning(self._when_running)  # type: ignore[attr-defined]
+        reactor.callWhenRunning(self._when_running)
         try:
             super().run()
         finally:
@@ -77,8 +77,8 @@ class DrainingServer(Server):
     def _stop(self, grace: float, why: str) -> None:
         logger.info("%s: stopping%s", why, f" (in-flight requests get {grace:.0f} s)" if grace else "")
         self._grace = grace
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+        if reactor.running:
+            reactor.stop()  # type: ignore[misc]
 
     def kill_all_applications(self) -> defer.Deferred[Any]:
         """Before daphne cancels every request: drain the worker (see the module docstring)."""
