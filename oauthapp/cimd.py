@@ -138,7 +138,7 @@ def _public_reason(exc: dot_cimd.CIMDError) -> str:
     detail = str(exc)
     if "timed out" in detail.lower() or "timeout" in detail.lower():
         seconds = oauth2_settings.CIMD_FETCH_TIMEOUT_SECONDS
-        return f"its metadata document did not arrive within {seconds} seconds"
+        return f"its metadata document did not arrive within {seconds} second{'' if seconds == 1 else 's'}"
     if detail.startswith(("could not", "client_id host")):
         return "its metadata document could not be fetched (the address is unreachable or not public)"
     return f"its metadata document was refused: {detail}"
