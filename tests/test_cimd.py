@@ -21,7 +21,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.support.documents import DocumentServer, DocumentsCA, make_test_ca
+from tests.support.documents import DocumentsCA, DocumentServer, make_test_ca
 from tests.support.live import (
     ALICE,
     OPERATOR,
