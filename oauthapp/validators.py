@@ -31,6 +31,16 @@ class MCPOAuth2Validator(OAuth2Validator):
         scopes[:] = granted
         return True
 
+    def validate_redirect_uri(
+        self, client_id: str, redirect_uri: str, request: Any, *args: Any, **kwargs: Any
+    ) -> bool:
+        """The registered URI, and a scheme still allowed: a native app's private-use scheme
+        that the operator has since taken out of NATIVE_REDIRECT_URIS is refused up front
+        (on our page), not after consent."""
+        if not super().validate_redirect_uri(client_id, redirect_uri, request, *args, **kwargs):
+            return False
+        return redirect_uri.partition(":")[0].lower() in request.client.get_allowed_schemes()
+
     def _load_application(self, client_id: str, request: Any) -> Any:
         # The toolkit resolves only https document URLs; http ones on loopback are ours
         # (CIMD_ALLOW_LOOPBACK, local development and the tests).
