@@ -84,6 +84,11 @@ class ProtectedResourceMetadataView(dot_views.OAuthProtectedResourceMetadataView
     def get_authorization_servers(self, request: HttpRequest) -> list[str]:
         return [settings.PUBLIC_URL]
 
+    def get_scopes_supported(self) -> list[str]:
+        # The minimal scopes the MCP endpoints need (what clients should ask for), not every
+        # scope the authorization server knows.
+        return [settings.MCP_SCOPE]
+
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         suffix = (kwargs.get("resource_path") or "").strip("/")
         if suffix and f"/{suffix}" not in selectors.MCP_PATHS:
