@@ -310,6 +310,10 @@ if CIMD_ALLOW_LOOPBACK and not PUBLIC_IS_LOOPBACK:
         f"CIMD_ALLOW_LOOPBACK is for a server on a loopback PUBLIC_URL only (PUBLIC_URL is {PUBLIC_URL})."
     )
 CIMD_ALLOWED_HOSTS = env_list("CIMD_ALLOWED_HOSTS")
+_cimd_min_age = env_int("CIMD_CACHE_MIN_SECONDS", 300, minimum=1)
+_cimd_max_age = env_int("CIMD_CACHE_MAX_SECONDS", 86400, minimum=1)
+if _cimd_min_age > _cimd_max_age:
+    raise ImproperlyConfigured("CIMD_CACHE_MIN_SECONDS must not exceed CIMD_CACHE_MAX_SECONDS.")
 OAUTH2_PROVIDER.update(
     {
         "CIMD_ENABLED": CIMD_ENABLED,
@@ -323,14 +327,12 @@ OAUTH2_PROVIDER.update(
         "CIMD_ALLOWED_HOSTS": CIMD_ALLOWED_HOSTS,
         "CIMD_FETCH_TIMEOUT_SECONDS": env_int("CIMD_FETCH_TIMEOUT_SECONDS", 5, minimum=1),
         "CIMD_MAX_DOCUMENT_SIZE": env_int("CIMD_MAX_DOCUMENT_BYTES", 16 * 1024, minimum=1024),
-        "CIMD_METADATA_MIN_AGE_SECONDS": env_int("CIMD_CACHE_MIN_SECONDS", 300, minimum=1),
-        "CIMD_METADATA_MAX_AGE_SECONDS": env_int("CIMD_CACHE_MAX_SECONDS", 86400, minimum=1),
+        "CIMD_METADATA_MIN_AGE_SECONDS": _cimd_min_age,
+        "CIMD_METADATA_MAX_AGE_SECONDS": _cimd_max_age,
         "CIMD_FAILURE_BACKOFF_SECONDS": env_int("CIMD_FAILURE_BACKOFF_SECONDS", 60, minimum=1),
         "CIMD_MAX_CONCURRENT_FETCHES": env_int("CIMD_MAX_CONCURRENT_FETCHES", 10, minimum=1),
     }
 )
-if OAUTH2_PROVIDER["CIMD_METADATA_MIN_AGE_SECONDS"] > OAUTH2_PROVIDER["CIMD_METADATA_MAX_AGE_SECONDS"]:
-    raise ImproperlyConfigured("CIMD_CACHE_MIN_SECONDS must not exceed CIMD_CACHE_MAX_SECONDS.")
 
 # RFC 8252 section 7.1 private-use URI scheme redirects for native apps, which registration
 # accepts only when listed here: an exact redirect URI, or a prefix ending in `*`

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
@@ -57,7 +55,9 @@ class ApplicationAdmin(admin.ModelAdmin):
     # document is read-only here, and `updated` is when the document was last fetched.
     CIMD_DOCUMENT_FIELDS = ("name", "redirect_uris", "client_type", "authorization_grant_type", "user")
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None) -> Sequence[str]:
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Application | None = None
+    ) -> list[str] | tuple[str, ...]:
         fields = tuple(super().get_readonly_fields(request, obj))
         if obj is not None and obj.registration_source == Application.RegistrationSource.CIMD:
             return (*fields, *self.CIMD_DOCUMENT_FIELDS, "document_fetched")

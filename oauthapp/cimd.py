@@ -94,6 +94,14 @@ def cimd_failure_record(*, client_id: str, detail: str, public: str) -> None:
         logger.warning("could not remember a CIMD refusal in the cache", exc_info=True)
 
 
+def _failure_forget(*, client_id: str) -> None:
+    """A good fetch: an older refusal no longer explains anything."""
+    try:
+        cache.delete(_failure_key(client_id))
+    except Exception:
+        logger.warning("could not forget a CIMD refusal in the cache", exc_info=True)
+
+
 def cimd_failure_reason(*, client_id: str) -> str | None:
     """Why the document at `client_id` was refused lately, if it was."""
     try:
@@ -156,7 +164,7 @@ class MetadataFetcher(dot_cimd.SafeMetadataFetcher):
                 metadata, max_age = self._fetch_loopback(client_id)
             else:
                 metadata, max_age = super().fetch(client_id)
-            return document_normalise(client_id=client_id, metadata=metadata), max_age
+            document = document_normalise(client_id=client_id, metadata=metadata)
         except dot_cimd.CIMDError as exc:
             # Always a DocumentRefused from here: it says the refusal is already recorded.
             refused = (
@@ -164,6 +172,8 @@ class MetadataFetcher(dot_cimd.SafeMetadataFetcher):
             )
             cimd_failure_record(client_id=client_id, detail=str(refused), public=refused.public)
             raise refused from exc
+        _failure_forget(client_id=client_id)
+        return document, max_age
 
     def _fetch_loopback(self, client_id: str) -> tuple[dict[str, Any], int]:
         """Fetch from this machine (CIMD_ALLOW_LOOPBACK), with the toolkit's limits."""
@@ -174,7 +184,7 @@ class MetadataFetcher(dot_cimd.SafeMetadataFetcher):
         pool_class = urllib3.HTTPSConnectionPool if secure else urllib3.HTTPConnectionPool
         extra: dict[str, Any] = {"ssl_context": ssl.create_default_context()} if secure else {}
         pool = pool_class(
-            host=parts.hostname,
+            host=parts.hostname or "127.0.0.1",
             port=port,
             timeout=urllib3.Timeout(connect=timeout, read=timeout, total=timeout),
             retries=False,
@@ -207,7 +217,7 @@ def _validated_loopback_url(client_id: str) -> SplitResult:
             "client_id URL must have a path and no userinfo or fragment", "its client_id URL is malformed"
         )
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 80)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(parts.hostname, parts.port or 80)}
     except socket.gaierror as exc:
         raise DocumentRefused(
             f"could not resolve {parts.hostname}", "its client_id host does not resolve"

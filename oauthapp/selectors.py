@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
@@ -131,5 +132,5 @@ def github_credential_for_user(*, user_id: int) -> GithubCredential | None:
     )
 
 
-def personal_tokens_for_user(*, user: AbstractBaseUser) -> QuerySet[PersonalAccessToken]:
+def personal_tokens_for_user(*, user: User) -> QuerySet[PersonalAccessToken]:
     return PersonalAccessToken.objects.filter(user=user).order_by("-created")

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
@@ -230,7 +231,7 @@ def personal_token_application() -> Application:
 
 
 def personal_token_create(
-    *, user: AbstractBaseUser, name: str, expires_in_days: int | None, now: datetime | None = None
+    *, user: User, name: str, expires_in_days: int | None, now: datetime | None = None
 ) -> IssuedPersonalToken:
     """Issue a personal access token for `user`: scope mcp, bound to this server (PUBLIC_URL)."""
     now = now or timezone.now()

@@ -18,7 +18,7 @@ from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body
 from tests.support.oauth import Browser, OAuthClient, admin_action, csrf_from, introspect
 
 TOKENS_ADMIN = "/admin/oauthapp/personalaccesstoken/"
-ADD = {"name": "add", "arguments": {"a": 23, "b": 19}}
+ADD: dict[str, Any] = {"name": "add", "arguments": {"a": 23, "b": 19}}
 
 
 def create_on_page(browser: Browser, name: str, expires_in_days: str = "") -> httpx.Response:

@@ -15,6 +15,7 @@ from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider, TokenS
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from pydantic import AnyUrl
 
 from tests.support.oauth import Browser, hidden_fields, query_of
 
@@ -67,7 +68,7 @@ def oauth_provider(
         server_url=server_url,
         client_metadata=OAuthClientMetadata(
             client_name="SDK test client",
-            redirect_uris=[redirect_uri],
+            redirect_uris=[AnyUrl(redirect_uri)],
             grant_types=["authorization_code", "refresh_token"],
             response_types=["code"],
             token_endpoint_auth_method="none",

@@ -30,7 +30,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         form = PersonalTokenForm({"name": options["name"], "expires_in_days": options["expires_days"]})
         if not form.is_valid():
-            problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+            problems = "; ".join(
+                f"{field}: {' '.join(str(error) for error in errors)}"
+                for field, errors in form.errors.items()
+            )
             raise CommandError(problems)
         User = get_user_model()
         try:
