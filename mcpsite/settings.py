@@ -253,6 +253,8 @@ LOGOUT_REDIRECT_URL = "home"
 
 MCP_SCOPE = "mcp"
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauthapp.Application"
+# Not swapped; named because a migration that points at a swappable model needs the setting.
+OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
 ACCESS_TOKEN_LIFETIME = env_int("ACCESS_TOKEN_LIFETIME", 3600, minimum=120)
 REFRESH_TOKEN_LIFETIME = env_int("REFRESH_TOKEN_LIFETIME", 30 * 24 * 3600, minimum=ACCESS_TOKEN_LIFETIME)
 AUTHORIZATION_CODE_LIFETIME = env_int("AUTHORIZATION_CODE_LIFETIME", 60, minimum=10)
@@ -290,10 +292,63 @@ OAUTH2_PROVIDER = {
     "OAUTH2_PROTECTED_RESOURCE_NAME": env_str("MCP_SERVER_NAME", "Django MCP server"),
 }
 
+# Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document): a client whose
+# client_id is an https URL is fetched, validated and cached by django-oauth-toolkit's own
+# resolver (oauth2_provider.cimd: SSRF-safe fetch, size and time limits, Cache-Control ages,
+# failure backoff, in-flight cap); oauthapp.cimd adds this server's document policy.
+CIMD_ENABLED = env_bool("CIMD_ENABLED", True)
+# Fetch documents from http(s)://127.0.0.1, localhost or [::1] too: local development and the
+# tests. Accepted only when PUBLIC_URL is itself loopback, i.e. a server only this machine uses,
+# so no remote caller can make it fetch from its own loopback services.
+CIMD_ALLOW_LOOPBACK = env_bool("CIMD_ALLOW_LOOPBACK", False)
+if CIMD_ALLOW_LOOPBACK and not PUBLIC_IS_LOOPBACK:
+    raise ImproperlyConfigured(
+        f"CIMD_ALLOW_LOOPBACK is for a server on a loopback PUBLIC_URL only (PUBLIC_URL is {PUBLIC_URL})."
+    )
+CIMD_ALLOWED_HOSTS = env_list("CIMD_ALLOWED_HOSTS")
+_cimd_min_age = env_int("CIMD_CACHE_MIN_SECONDS", 300, minimum=1)
+_cimd_max_age = env_int("CIMD_CACHE_MAX_SECONDS", 86400, minimum=1)
+if _cimd_min_age > _cimd_max_age:
+    raise ImproperlyConfigured("CIMD_CACHE_MIN_SECONDS must not exceed CIMD_CACHE_MAX_SECONDS.")
+OAUTH2_PROVIDER.update(
+    {
+        "CIMD_ENABLED": CIMD_ENABLED,
+        "CIMD_METADATA_FETCHER": "oauthapp.cimd.MetadataFetcher",
+        # Any host by default (Claude, ChatGPT, VS Code publish theirs); a list narrows it.
+        "CIMD_REGISTRATION_PERMISSION_CLASSES": (
+            ("oauth2_provider.cimd.HostAllowlistCIMDPermission",)
+            if CIMD_ALLOWED_HOSTS
+            else ("oauth2_provider.cimd.AllowAllCIMDPermission",)
+        ),
+        "CIMD_ALLOWED_HOSTS": CIMD_ALLOWED_HOSTS,
+        "CIMD_FETCH_TIMEOUT_SECONDS": env_int("CIMD_FETCH_TIMEOUT_SECONDS", 5, minimum=1),
+        "CIMD_MAX_DOCUMENT_SIZE": env_int("CIMD_MAX_DOCUMENT_BYTES", 16 * 1024, minimum=1024),
+        "CIMD_METADATA_MIN_AGE_SECONDS": _cimd_min_age,
+        "CIMD_METADATA_MAX_AGE_SECONDS": _cimd_max_age,
+        "CIMD_FAILURE_BACKOFF_SECONDS": env_int("CIMD_FAILURE_BACKOFF_SECONDS", 60, minimum=1),
+        "CIMD_MAX_CONCURRENT_FETCHES": env_int("CIMD_MAX_CONCURRENT_FETCHES", 10, minimum=1),
+    }
+)
+
+# RFC 8252 section 7.1 private-use URI scheme redirects for native apps, which registration
+# accepts only when listed here: an exact redirect URI, or a prefix ending in `*`
+# (`com.example.app:/*`). javascript:, data:, file: and the like are refused whatever is listed.
+NATIVE_REDIRECT_URIS = env_list("NATIVE_REDIRECT_URIS", "cursor://anysphere.cursor-mcp/oauth/callback")
+for _entry in NATIVE_REDIRECT_URIS:
+    _scheme = _entry.partition(":")[0].lower()
+    if not re.match(r"^[a-z][a-z0-9+.-]*:.", _entry, re.IGNORECASE) or _scheme in {"http", "https"}:
+        raise ImproperlyConfigured(
+            f"NATIVE_REDIRECT_URIS entry {_entry!r} must be a private-use scheme URI such as "
+            "com.example.app:/callback (https and loopback http redirects need no listing)."
+        )
+
 # Dynamic client registration policy (RFC 7591): anonymous, so capped and rate limited.
 REGISTRATION_MAX_BODY_BYTES = env_int("REGISTRATION_MAX_BODY_BYTES", 16 * 1024, minimum=1024)
 REGISTRATION_RATE_LIMIT = env_int("REGISTRATION_RATE_LIMIT", 30)  # per client address per window
 REGISTRATION_RATE_WINDOW = env_int("REGISTRATION_RATE_WINDOW", 3600, minimum=1)
+# A public client registering again from the same address with exactly the same metadata within
+# this many seconds gets its earlier client back instead of a new one (0 = always a new client).
+REGISTRATION_REUSE_WINDOW = env_int("REGISTRATION_REUSE_WINDOW", 86400)
 
 # CORS for browser-based MCP clients: only the discovery, registration and token endpoints.
 CORS_ALLOW_ALL_ORIGINS = True

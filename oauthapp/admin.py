@@ -1,4 +1,4 @@
-"""Operators manage clients, consents and users here. No secret or token is ever displayed."""
+"""Operators manage clients, consents, users and personal tokens here. No secret or token is shown."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 from social_django.admin import UserSocialAuthOption
 from social_django.models import UserSocialAuth
 
 from . import services
 from .github import SECRET_EXTRA_DATA_KEYS
-from .models import Application, Consent, GithubCredential
+from .models import Application, Consent, GithubCredential, PersonalAccessToken
 
 
 # Registered by django-oauth-toolkit's admin module via OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"].
@@ -48,6 +49,23 @@ class ApplicationAdmin(admin.ModelAdmin):
     @admin.display(description="name", ordering="name")
     def display_name(self, obj: Application) -> str:
         return obj.display_name
+
+    # A client ID metadata document client (registration source "cimd", its client_id the
+    # document's URL) is rewritten from its document at every fetch, so what came from the
+    # document is read-only here, and `updated` is when the document was last fetched.
+    CIMD_DOCUMENT_FIELDS = ("name", "redirect_uris", "client_type", "authorization_grant_type", "user")
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Application | None = None
+    ) -> list[str] | tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.registration_source == Application.RegistrationSource.CIMD:
+            return (*fields, *self.CIMD_DOCUMENT_FIELDS, "document_fetched")
+        return fields
+
+    @admin.display(description="document last fetched")
+    def document_fetched(self, obj: Application) -> object:
+        return obj.updated if obj.registration_source == Application.RegistrationSource.CIMD else "-"
 
     @admin.display(description="enabled", boolean=True, ordering="disabled_at")
     def is_enabled(self, obj: Application) -> bool:
@@ -134,3 +152,34 @@ class GithubCredentialAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(PersonalAccessToken)
+class PersonalAccessTokenAdmin(admin.ModelAdmin):
+    """Users' personal access tokens: who, when made, expiry, last use; revoke them. Never the token."""
+
+    list_display = ("name", "user", "created", "expires_display", "last_used_at", "state")
+    list_select_related = ("user",)
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("name", "user__username")
+    raw_id_fields = ("user",)
+    fields = ("name", "user", "created", "expires", "last_used_at", "revoked_at")
+    readonly_fields = ("name", "user", "created", "expires", "last_used_at", "revoked_at")
+    actions = ("revoke_tokens",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # users create them (shown once); `manage.py create_personal_token` for others
+
+    @admin.display(description="expires", ordering="expires")
+    def expires_display(self, obj: PersonalAccessToken) -> object:
+        return "never" if obj.never_expires else obj.expires
+
+    @admin.display(description="state")
+    def state(self, obj: PersonalAccessToken) -> str:
+        return obj.status(timezone.now())
+
+    @admin.action(description="Revoke selected personal access tokens")
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[PersonalAccessToken]) -> None:
+        for personal_token in queryset:
+            services.personal_token_revoke(personal_token=personal_token)
+        self.message_user(request, f"Revoked {queryset.count()} personal access token(s).", messages.SUCCESS)

@@ -1,9 +1,11 @@
 """RFC 7591 client metadata: parsed and checked against this server's policy.
 
 MCP clients register anonymously, so the policy is strict: redirect URIs must be https, or
-http on a loopback host (any port matches at authorization time, RFC 8252); dangerous
-schemes, fragments, credentials and malformed URIs are refused. Unknown metadata is
-ignored; known metadata of the wrong shape is refused. Nothing unset is ever echoed back.
+http on a loopback host (any port matches at authorization time, RFC 8252), or a native
+app's private-use URI that the operator listed in NATIVE_REDIRECT_URIS (RFC 8252 section
+7.1; Cursor's by default); dangerous schemes, fragments, credentials and malformed URIs are
+refused. Unknown metadata is ignored; known metadata of the wrong shape is refused. Nothing
+unset is ever echoed back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,24 @@ MAX_REDIRECT_URIS = 10
 MAX_URI_LENGTH = 2000
 URL_FIELDS = ("client_uri", "logo_uri", "tos_uri", "policy_uri")
 TEXT_FIELDS = ("software_id", "software_version")
+# Schemes that run code, read local files or reach browser internals: never a redirect URI,
+# whatever NATIVE_REDIRECT_URIS lists.
+DANGEROUS_SCHEMES = frozenset(
+    {
+        "javascript",
+        "vbscript",
+        "livescript",
+        "data",
+        "file",
+        "blob",
+        "filesystem",
+        "about",
+        "view-source",
+        "jar",
+        "mhtml",
+        "intent",
+    }
+)
 
 
 class RegistrationError(Exception):
@@ -45,6 +65,15 @@ class ClientMetadata:
     def is_public(self) -> bool:
         return self.token_endpoint_auth_method == "none"
 
+    def stored_metadata(self) -> dict[str, Any]:
+        """What `Application.registration_metadata` keeps of this registration."""
+        return {
+            "token_endpoint_auth_method": self.token_endpoint_auth_method,
+            "grant_types": self.grant_types,
+            "scope": self.scope,
+            **self.extra,
+        }
+
 
 def redirect_uri_problem(uri: object) -> str | None:
     """Why `uri` may not be registered as a redirect URI, or None if it may."""
@@ -63,8 +92,15 @@ def redirect_uri_problem(uri: object) -> str | None:
         return "redirect URI is malformed"
     del port
     scheme = parts.scheme.lower()
+    if scheme in DANGEROUS_SCHEMES:
+        return f"the {scheme} scheme is never allowed"
     if scheme not in {"http", "https"}:
-        return f"the {scheme or 'empty'!s} scheme is not allowed; use https, or http on a loopback host"
+        if native_redirect_allowed(uri):
+            return "redirect URIs may not carry credentials" if "@" in parts.netloc else None
+        return (
+            f"the {scheme or 'empty'!s} scheme is not allowed; use https, or http on a loopback host "
+            "(a native app's private-use URI must be allowed by the operator)"
+        )
     if not parts.hostname:
         return "redirect URI needs a host"
     if "@" in parts.netloc:
@@ -72,6 +108,23 @@ def redirect_uri_problem(uri: object) -> str | None:
     if scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
         return "http redirect URIs are allowed only on localhost, 127.0.0.1 or [::1]; use https"
     return None
+
+
+def native_redirect_allowed(uri: str) -> bool:
+    """Whether `uri` is a private-use URI scheme redirect the operator allows (RFC 8252 7.1).
+
+    NATIVE_REDIRECT_URIS holds exact URIs, or prefixes ending in `*`. http(s) URIs are never
+    native redirects (they follow the https / loopback rules), nor are dangerous schemes.
+    """
+    scheme = uri.partition(":")[0].lower()
+    if scheme in DANGEROUS_SCHEMES or scheme in {"http", "https"} or not scheme:
+        return False
+    for entry in settings.NATIVE_REDIRECT_URIS:
+        if entry.endswith("*") and uri.startswith(entry[:-1]):
+            return True
+        if uri == entry:
+            return True
+    return False
 
 
 def _string_list(data: dict[str, Any], name: str, default: list[str]) -> list[str]:

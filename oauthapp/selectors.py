@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.urls import reverse
+from django.utils import timezone
 from oauth2_provider.oauth2_backends import _add_iss_to_redirect, get_oauthlib_core
 from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 from social_django.models import UserSocialAuth
 
-from .models import Application, Consent, GithubCredential
+from .models import Application, Consent, GithubCredential, PersonalAccessToken
+from .registration import ClientMetadata
 
 MCP_PATHS = ("/mcp", "/sse")
 
@@ -41,6 +43,31 @@ def consent_covers(*, user: User, application: Application, scopes: Iterable[str
 
 def consent_list_for_user(*, user: User) -> QuerySet[Consent]:
     return Consent.objects.filter(user=user).select_related("application").order_by("-updated")
+
+
+def client_registration_duplicate(*, metadata: ClientMetadata, remote_addr: str | None) -> Application | None:
+    """An earlier public registration this one repeats exactly, if recent enough to hand back.
+
+    Same address, same metadata (redirect URIs in the same order included), within
+    REGISTRATION_REUSE_WINDOW, not disabled. A public client has no secret, so handing its
+    client_id out again gives nothing away: the id is in every authorization URL anyway.
+    mcp-remote registers a new callback port each time, which is different metadata and so
+    still a client of its own.
+    """
+    window = settings.REGISTRATION_REUSE_WINDOW
+    if window <= 0 or not metadata.is_public or not remote_addr:
+        return None
+    candidates = Application.objects.filter(
+        registration_source=Application.RegistrationSource.DCR,
+        client_type=Application.CLIENT_PUBLIC,
+        registered_from=remote_addr,
+        created__gte=timezone.now() - timedelta(seconds=window),
+        disabled_at__isnull=True,
+        redirect_uris=" ".join(metadata.redirect_uris),
+        name=metadata.client_name,
+    ).order_by("-created")[:20]
+    wanted = metadata.stored_metadata()
+    return next((app for app in candidates if app.registration_metadata == wanted), None)
 
 
 @dataclass(frozen=True)
@@ -102,3 +129,7 @@ def github_credential_for_user(*, user_id: int) -> GithubCredential | None:
         .order_by("-updated")
         .first()
     )
+
+
+def personal_tokens_for_user(*, user: User) -> QuerySet[PersonalAccessToken]:
+    return PersonalAccessToken.objects.filter(user=user).order_by("-created")

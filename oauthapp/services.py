@@ -1,10 +1,11 @@
-"""Writes for the authorization server: registration, consent, revocation, client state."""
+"""Writes for the authorization server: registration, consent, revocation, client state, personal tokens."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,11 +16,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from oauth2_provider.generators import generate_client_id, generate_client_secret
-from oauth2_provider.models import AccessToken, Grant, RefreshToken, clear_expired
+from oauth2_provider.models import AccessToken, Grant, RefreshToken, clear_expired, set_token_value
 from social_django.models import UserSocialAuth
 
 from . import encryption, selectors
-from .models import Application, Consent, GithubCredential
+from .models import Application, Consent, GithubCredential, PersonalAccessToken
 from .registration import ClientMetadata
 
 LAST_USED_GRANULARITY_SECONDS = 60
@@ -61,12 +62,7 @@ def client_register(*, metadata: ClientMetadata, remote_addr: str | None) -> Reg
         redirect_uris=" ".join(metadata.redirect_uris),
         name=metadata.client_name,
         registration_source=Application.RegistrationSource.DCR,
-        registration_metadata={
-            "token_endpoint_auth_method": metadata.token_endpoint_auth_method,
-            "grant_types": metadata.grant_types,
-            "scope": metadata.scope,
-            **metadata.extra,
-        },
+        registration_metadata=metadata.stored_metadata(),
         registered_from=remote_addr,
     )
     application.full_clean(exclude=["client_secret"])
@@ -201,6 +197,85 @@ def expired_prune(*, unused_days: int, never_used_days: int) -> PruneReport:
         grants=before[2] - after[2],
         clients=clients,
     )
+
+
+# --- Personal access tokens --------------------------------------------------------------------
+
+PERSONAL_TOKEN_CLIENT_ID = "personal-access-tokens"
+PERSONAL_TOKEN_PREFIX = "mcp_pat_"
+# "No expiry" is a date no one reaches (and far enough from year 10000 that no time-zone
+# shift overflows it); PersonalAccessToken.never_expires recognises it.
+NO_EXPIRY = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class IssuedPersonalToken:
+    record: PersonalAccessToken
+    token: str  # shown once; only its checksum is stored
+
+
+def personal_token_application() -> Application:
+    """The system client that owns every personal access token (disable it to stop them all).
+
+    Confidential, client-credentials only, with a random secret nobody knows: it can never
+    obtain a token at /token or be used at /authorize.
+    """
+    application, _created = Application.objects.get_or_create(
+        client_id=PERSONAL_TOKEN_CLIENT_ID,
+        defaults={
+            "name": "Personal access token",
+            "client_type": Application.CLIENT_CONFIDENTIAL,
+            "authorization_grant_type": Application.GRANT_CLIENT_CREDENTIALS,
+            "client_secret": secrets.token_urlsafe(48),
+            "registration_source": Application.RegistrationSource.MANUAL,
+        },
+    )
+    return application
+
+
+def personal_token_create(
+    *, user: User, name: str, expires_in_days: int | None, now: datetime | None = None
+) -> IssuedPersonalToken:
+    """Issue a personal access token for `user`: scope mcp, bound to this server (PUBLIC_URL)."""
+    now = now or timezone.now()
+    expires = NO_EXPIRY if expires_in_days is None else now + timedelta(days=expires_in_days)
+    raw = PERSONAL_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        access_token = AccessToken(
+            user=user,
+            application=personal_token_application(),
+            expires=expires,
+            scope=settings.MCP_SCOPE,
+            resource=[settings.PUBLIC_URL],
+        )
+        set_token_value(access_token, raw)
+        access_token.save()
+        record = PersonalAccessToken.objects.create(
+            user=user, name=name, access_token=access_token, expires=expires
+        )
+    return IssuedPersonalToken(record=record, token=raw)
+
+
+def personal_token_revoke(*, personal_token: PersonalAccessToken) -> None:
+    """Revoke at once: deleting the AccessToken row drops it from the MCP server's token cache."""
+    with transaction.atomic():
+        PersonalAccessToken.objects.filter(pk=personal_token.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if personal_token.access_token_id is not None:
+            AccessToken.objects.filter(pk=personal_token.access_token_id).delete()
+
+
+def personal_tokens_mark_used(*, access_token_ids: Collection[int], when: datetime) -> None:
+    """Record that these AccessTokens (some may be personal tokens) were used at `when`.
+
+    For the MCP server to call in batches, off the request path; never moves a time back.
+    """
+    if not access_token_ids:
+        return
+    PersonalAccessToken.objects.filter(access_token_id__in=list(access_token_ids)).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)
+    ).update(last_used_at=when)
 
 
 # --- GitHub ----------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ urlpatterns = [
     path("login/deny", views.login_deny, name="login-deny"),
     path("logout", auth_views.LogoutView.as_view(), name="logout"),
     path("account/apps", views.connected_apps, name="connected-apps"),
-    path("account/apps/<str:client_id>/revoke", views.connected_app_revoke, name="connected-app-revoke"),
+    path("account/tokens", views.personal_token_create, name="personal-token-create"),
+    path("account/tokens/<int:token_id>/revoke", views.personal_token_revoke, name="personal-token-revoke"),
+    # path: a client ID metadata document's client_id is a URL, slashes included.
+    path("account/apps/<path:client_id>/revoke", views.connected_app_revoke, name="connected-app-revoke"),
     path("", views.home, name="home"),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import messages
@@ -14,6 +15,7 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
@@ -23,12 +25,14 @@ from oauth2_provider.exceptions import OAuthToolkitError
 from oauth2_provider.http import OAuth2ResponseRedirect
 from oauth2_provider.models import AccessToken
 from oauth2_provider.oauth2_backends import _add_iss_to_redirect
+from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 from oauthlib.oauth2.rfc6749.errors import CustomOAuth2Error
 
-from . import selectors, services
+from . import cimd, selectors, services
+from .forms import PersonalTokenForm
 from .middleware import LOGIN_ERROR_SESSION_KEY
-from .models import Application
-from .registration import RegistrationError, parse_client_metadata
+from .models import Application, PersonalAccessToken
+from .registration import LOOPBACK_HOSTS, RegistrationError, parse_client_metadata
 
 
 class AuthenticatedRequest(HttpRequest):
@@ -87,6 +91,11 @@ class ProtectedResourceMetadataView(dot_views.OAuthProtectedResourceMetadataView
     def get_authorization_servers(self, request: HttpRequest) -> list[str]:
         return [settings.PUBLIC_URL]
 
+    def get_scopes_supported(self) -> list[str]:
+        # The minimal scopes the MCP endpoints need (what clients should ask for), not every
+        # scope the authorization server knows.
+        return [settings.MCP_SCOPE]
+
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         suffix = (kwargs.get("resource_path") or "").strip("/")
         if suffix and f"/{suffix}" not in selectors.MCP_PATHS:
@@ -112,13 +121,6 @@ class RegisterView(View):
         if not length.isdigit() or int(length) > limit:
             return too_large
         address = client_address(request)
-        if not self._within_rate_limit(address):
-            return oauth_error(
-                "invalid_request",
-                "Too many registrations from this address; try again later",
-                status=429,
-                Retry_After=str(settings.REGISTRATION_RATE_WINDOW),
-            )
         # A chunked body has no Content-Length to check: read one byte past the cap to know.
         body = request.read(limit + 1)
         if len(body) > limit:
@@ -131,7 +133,22 @@ class RegisterView(View):
             metadata = parse_client_metadata(data)
         except RegistrationError as exc:
             return oauth_error(exc.error, exc.description)
-        client = services.client_register(metadata=metadata, remote_addr=address)
+        # A registration that repeats an earlier one gets that client back and creates nothing,
+        # so it does not count against the limit: one busy address (claude.ai's backends) that
+        # registers the same client for many users is not throttled for it.
+        existing = selectors.client_registration_duplicate(metadata=metadata, remote_addr=address)
+        if existing is not None:
+            client = services.RegisteredClient(application=existing, client_secret=None)
+        elif not self._within_rate_limit(address):
+            return oauth_error(
+                "invalid_request",
+                "Too many registrations from this address; try again later",
+                status=429,
+                Retry_After=str(settings.REGISTRATION_RATE_WINDOW),
+            )
+        else:
+            client = services.client_register(metadata=metadata, remote_addr=address)
+        # 201 for a handed-back client too: RFC 7591 defines no other success, and clients check it.
         response = JsonResponse(client.response(metadata), status=201)
         response["Cache-Control"] = "no-store"
         return response
@@ -223,10 +240,42 @@ class AuthorizeView(dot_views.AuthorizationView):
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         redirect_uri = context.get("redirect_uri") or ""
-        from urllib.parse import urlsplit
-
-        context["redirect_host"] = urlsplit(redirect_uri).netloc if redirect_uri else ""
+        parts = urlsplit(redirect_uri)
+        web = parts.scheme in {"http", "https"}
+        context["redirect_host"] = (
+            (parts.netloc if web else f"{parts.scheme}://{parts.netloc}") if redirect_uri else ""
+        )
+        # The spec's security considerations: a code that goes to this machine only (loopback, or
+        # a native app's scheme) reaches whatever program listens there; say so.
+        context["redirect_is_local"] = bool(redirect_uri) and (not web or parts.hostname in LOOPBACK_HOSTS)
+        application = context.get("application")
+        if (
+            isinstance(application, Application)
+            and application.registration_source == Application.RegistrationSource.CIMD
+        ):
+            context["client_host"] = urlsplit(application.client_id).netloc
         return context
+
+    def error_response(self, error: OAuthToolkitError, application: Any, **kwargs: Any) -> HttpResponse:
+        kwargs.setdefault("client_problem", self._client_problem(error))
+        return super().error_response(error, application, **kwargs)
+
+    def _client_problem(self, error: OAuthToolkitError) -> str:
+        """Why the client was refused, when oauthlib's one-line error does not say it."""
+        client_id = self.request.GET.get("client_id") or self.request.POST.get("client_id") or ""
+        oauthlib_error = error.oauthlib_error
+        if isinstance(oauthlib_error, oauth_errors.InvalidClientIdError) and client_id:
+            return cimd.refusal_explanation(client_id=client_id)
+        if isinstance(oauthlib_error, oauth_errors.MismatchingRedirectURIError):
+            known = Application.objects.filter(
+                client_id=client_id, registration_source=Application.RegistrationSource.CIMD
+            ).exists()
+            if known:
+                return (
+                    "The redirect_uri is not one of the redirect_uris in the application's metadata "
+                    f"document ({client_id[:300]})."
+                )
+        return ""
 
     def redirect(self, redirect_to: str, application: Application | None) -> HttpResponse:
         # RFC 9207: every authorization response carries `iss`, errors (Deny) included.
@@ -328,14 +377,58 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def connected_apps(request: AuthenticatedRequest) -> HttpResponse:
-    return render(
+    return _connected_apps_page(request, token_form=PersonalTokenForm())
+
+
+def _connected_apps_page(
+    request: AuthenticatedRequest,
+    *,
+    token_form: PersonalTokenForm,
+    new_token: services.IssuedPersonalToken | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    now = timezone.now()
+    response = render(
         request,
         "oauthapp/connected_apps.html",
         {
             "consents": selectors.consent_list_for_user(user=request.user),
             "github_link": selectors.github_link_for_user(user=request.user),
+            "personal_tokens": [
+                (token, token.status(now)) for token in selectors.personal_tokens_for_user(user=request.user)
+            ],
+            "token_form": token_form,
+            "new_token": new_token,
         },
+        status=status,
     )
+    if new_token is not None:
+        response["Cache-Control"] = "no-store"  # the page shows the token, once
+    return response
+
+
+@login_required
+@require_POST
+def personal_token_create(request: AuthenticatedRequest) -> HttpResponse:
+    """Create a personal access token and show it on the page, once (it is stored hashed)."""
+    form = PersonalTokenForm(request.POST)
+    if not form.is_valid():
+        return _connected_apps_page(request, token_form=form, status=400)
+    issued = services.personal_token_create(
+        user=request.user,
+        name=form.cleaned_data["name"],
+        expires_in_days=form.cleaned_data["expires_in_days"],
+    )
+    return _connected_apps_page(request, token_form=PersonalTokenForm(), new_token=issued)
+
+
+@login_required
+@require_POST
+def personal_token_revoke(request: AuthenticatedRequest, token_id: int) -> HttpResponse:
+    personal_token = get_object_or_404(PersonalAccessToken, pk=token_id, user=request.user)
+    services.personal_token_revoke(personal_token=personal_token)
+    messages.success(request, f"The token {personal_token.name!r} is revoked; it no longer works.")
+    return redirect("connected-apps")
 
 
 @login_required

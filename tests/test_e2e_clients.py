@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from tests.conftest import ALICE
-from tests.support.live import ROOT, LiveServer, free_port
+from tests.support.live import ROOT, LiveServer, free_port, manage
 from tests.support.node import SUPPORT, node_command, node_env, require_node_tools, run_bounded
 from tests.support.oauth import Browser, obtain_token
 from tests.support.sdk_client import call_tool
@@ -171,6 +171,21 @@ def test_inspector_cli_with_a_bearer_token_lists_tools_and_adds(
     tools = json.loads(out)["result"]["tools"]
     assert "add" in [tool["name"] for tool in tools]
 
+    code, out, err = inspector(
+        server, path, token, tmp_path, "--method", "tools/call", "--tool-name", "add",
+        "--tool-arg", "a=23", "--tool-arg", "b=19",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["result"]["content"] == [{"type": "text", "text": "42"}]
+
+
+@pytest.mark.parametrize("path", ["mcp", "sse"])
+def test_inspector_cli_with_a_personal_access_token_adds(
+    server: LiveServer, tmp_path: Path, path: str
+) -> None:
+    """The README's personal-token use: one token, made by the command, good on both transports."""
+    require_node_tools()
+    token = manage(server.env, "create_personal_token", "alice", "--name", f"inspector {path}").strip()
     code, out, err = inspector(
         server, path, token, tmp_path, "--method", "tools/call", "--tool-name", "add",
         "--tool-arg", "a=23", "--tool-arg", "b=19",

@@ -32,6 +32,7 @@ def test_protected_resource_metadata_for_each_transport(server: LiveServer) -> N
         body = response.json()
         assert body["resource"] == f"{server.url}{suffix}"
         assert body["authorization_servers"] == [server.url]
+        assert body["scopes_supported"] == ["mcp"]  # the minimal scopes an MCP client needs
     assert httpx.get(f"{server.url}/.well-known/oauth-protected-resource/other").status_code == 404
 
 

@@ -62,6 +62,8 @@ def base_env(*, port: int, database_url: str, **overrides: str) -> dict[str, str
             "DATABASE_URL": database_url,
             "REDIS_URL": "",
             "REGISTRATION_RATE_LIMIT": "100000",
+            # Every registration a new client, as tests assume (test_registration_reuse turns it on).
+            "REGISTRATION_REUSE_WINDOW": "0",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }

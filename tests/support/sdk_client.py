@@ -40,7 +40,15 @@ class MemoryStorage(TokenStorage):
         self.client = client_info
 
 
-def oauth_provider(server_url: str, browser: Browser, storage: MemoryStorage) -> OAuthClientProvider:
+def oauth_provider(
+    server_url: str,
+    browser: Browser,
+    storage: MemoryStorage,
+    *,
+    client_metadata_url: str | None = None,
+    redirect_uri: str = CALLBACK,
+) -> OAuthClientProvider:
+    """The SDK's OAuth provider; with `client_metadata_url` it uses that URL as its client_id (CIMD)."""
     captured: dict[str, str] = {}
 
     async def redirect_handler(authorization_url: str) -> None:
@@ -60,7 +68,7 @@ def oauth_provider(server_url: str, browser: Browser, storage: MemoryStorage) ->
         server_url=server_url,
         client_metadata=OAuthClientMetadata(
             client_name="SDK test client",
-            redirect_uris=[AnyUrl(CALLBACK)],
+            redirect_uris=[AnyUrl(redirect_uri)],
             grant_types=["authorization_code", "refresh_token"],
             response_types=["code"],
             token_endpoint_auth_method="none",
@@ -68,6 +76,7 @@ def oauth_provider(server_url: str, browser: Browser, storage: MemoryStorage) ->
         storage=storage,
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
+        client_metadata_url=client_metadata_url,
     )
 
 
@@ -80,10 +89,14 @@ async def call_tool(
     transport: str = "mcp",
     mode: str = "auto",
     storage: MemoryStorage | None = None,
+    client_metadata_url: str | None = None,
+    redirect_uri: str = CALLBACK,
 ) -> tuple[Any, list[str]]:
     """Connect with the SDK (OAuth included), call one tool; returns (result, tool names)."""
     storage = storage or MemoryStorage()
-    auth = oauth_provider(server_url, browser, storage)
+    auth = oauth_provider(
+        server_url, browser, storage, client_metadata_url=client_metadata_url, redirect_uri=redirect_uri
+    )
     async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
         if transport == "sse":
             connection = sse_client(server_url, auth=auth)
