@@ -44,10 +44,9 @@ def usage_record(*, clients: dict[tuple[int, int], datetime], tokens: dict[int, 
     with transaction.atomic():
         for (application_id, user_id), when in clients.items():
             oauth_services.client_mark_used_at(application_id=application_id, user_id=user_id, when=when)
-        marker = getattr(oauth_services, "personal_tokens_mark_used", None)
-        if marker is not None and tokens:
-            by_time: dict[datetime, list[int]] = {}
-            for token_id, when in tokens.items():
-                by_time.setdefault(when, []).append(token_id)
-            for when, ids in by_time.items():
-                marker(access_token_ids=ids, when=when)
+        # Personal access tokens show their own "last used"; other tokens match no row.
+        by_time: dict[datetime, list[int]] = {}
+        for token_id, when in tokens.items():
+            by_time.setdefault(when, []).append(token_id)
+        for when, ids in by_time.items():
+            oauth_services.personal_tokens_mark_used(access_token_ids=ids, when=when)
