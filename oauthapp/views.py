@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from typing import Any
 
@@ -45,6 +46,13 @@ def client_address(request: HttpRequest) -> str | None:
         if forwarded:
             return forwarded.split(",")[-1].strip() or None
     return request.META.get("REMOTE_ADDR") or None
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 # --- Discovery -------------------------------------------------------------------------------
@@ -132,6 +140,8 @@ class RegisterView(View):
     @staticmethod
     def _within_rate_limit(address: str | None) -> bool:
         limit = settings.REGISTRATION_RATE_LIMIT
+        if settings.PUBLIC_IS_LOOPBACK and _is_loopback(address):
+            limit = settings.REGISTRATION_LOOPBACK_RATE_LIMIT
         if limit <= 0:
             return True
         key = f"oauthapp:register:{hashlib.sha256((address or '-').encode()).hexdigest()[:32]}"
