@@ -287,6 +287,8 @@ OAUTH2_PROVIDER = {
     "DEFAULT_SCOPES": [MCP_SCOPE],
     "OAUTH2_VALIDATOR_CLASS": "oauthapp.validators.MCPOAuth2Validator",
     "APPLICATION_ADMIN_CLASS": "oauthapp.admin.ApplicationAdmin",
+    "ACCESS_TOKEN_ADMIN_CLASS": "oauthapp.admin.AccessTokenAdmin",
+    "REFRESH_TOKEN_ADMIN_CLASS": "oauthapp.admin.RefreshTokenAdmin",
     "OIDC_ISS_ENDPOINT": PUBLIC_URL,
     "ACCESS_TOKEN_EXPIRE_SECONDS": ACCESS_TOKEN_LIFETIME,
     "REFRESH_TOKEN_EXPIRE_SECONDS": REFRESH_TOKEN_LIFETIME,

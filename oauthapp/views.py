@@ -23,6 +23,7 @@ from oauth2_provider.exceptions import OAuthToolkitError
 from oauth2_provider.http import OAuth2ResponseRedirect
 from oauth2_provider.models import AccessToken
 from oauth2_provider.oauth2_backends import _add_iss_to_redirect
+from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 from oauthlib.oauth2.rfc6749.errors import CustomOAuth2Error
 
 from . import selectors, services
@@ -156,6 +157,8 @@ class RegisterView(View):
 
 # --- Authorization -----------------------------------------------------------------------------
 
+STALE_REGISTRATION_ERRORS = (oauth_errors.InvalidClientIdError, oauth_errors.MismatchingRedirectURIError)
+
 
 class AuthorizeView(dot_views.AuthorizationView):
     """The authorization endpoint and consent page.
@@ -221,6 +224,12 @@ class AuthorizeView(dot_views.AuthorizationView):
                     scopes=form.cleaned_data.get("scope", "").split(),
                 )
         return response
+
+    def render_to_response(self, context: dict[str, Any], **response_kwargs: Any) -> HttpResponse:
+        # An unknown client_id or redirect URI is most often a client's stored registration
+        # from another server or an older database: the error page says how to drop it.
+        context["stale_registration"] = isinstance(context.get("error"), STALE_REGISTRATION_ERRORS)
+        return super().render_to_response(context, **response_kwargs)
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
@@ -292,6 +301,16 @@ class LoginView(auth_views.LoginView):
         return context
 
 
+class LogoutView(auth_views.LogoutView):
+    """POST logs out (CSRF-protected, as Django requires). A GET, say /logout typed in the
+    address bar, gets a page with the log-out button rather than a blank 405."""
+
+    http_method_names = ["get", "post", "options"]
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return render(request, "registration/logout_confirm.html")
+
+
 @require_POST
 def login_deny(request: HttpRequest) -> HttpResponse:
     """Deny the waiting MCP client from the login page: it gets error=access_denied, state and iss.
@@ -313,7 +332,8 @@ def home(request: HttpRequest) -> HttpResponse:
         "mcpServers": {
             "django-mcp": {
                 "command": "npx",
-                "args": ["mcp-remote", f"{settings.PUBLIC_URL}/sse"],
+                # /mcp: on /sse mcp-remote first logs "Received error (status 405)" and falls back.
+                "args": ["mcp-remote", f"{settings.PUBLIC_URL}/mcp"],
             }
         }
     }
