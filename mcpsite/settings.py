@@ -90,7 +90,8 @@ def env_list(name: str, default: str = "") -> list[str]:
 # --- Core -----------------------------------------------------------------------------------
 
 DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
+# Empty counts as unset: .env.example has an empty SECRET_KEY= line for the user to fill in.
+SECRET_KEY = env_str("SECRET_KEY") or DEV_SECRET_KEY
 
 # The port `make run` (manage.py serve) listens on; PUBLIC_URL follows it unless set.
 PORT = env_int("PORT", 8787, minimum=1)
@@ -116,7 +117,7 @@ if DEBUG and not PUBLIC_IS_LOOPBACK:
 if not DEBUG:
     if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
         raise ImproperlyConfigured(
-            f"SECRET_KEY must be a random value of at least 32 characters when DEBUG is false: set it in "
+            f"SECRET_KEY must be set to a random value of at least 32 characters when DEBUG is false: set it in "
             f'{where_set("DEBUG")} (python3 -c "import secrets; print(secrets.token_urlsafe(50))"), '
             f"or set DEBUG=true there for local development."
         )

@@ -132,13 +132,14 @@ class Command(BaseCommand):
     def _serve_with_reload(self, bind: str, port: int) -> None:
         from watchfiles import PythonFilter, run_process
 
-        logging.getLogger("watchfiles").setLevel(logging.WARNING)
+        logging.getLogger("watchfiles").setLevel(logging.ERROR)  # we say what restarts, and why
         paths = watched_paths()
         base = Path(settings.BASE_DIR).resolve()
         self.stdout.write(
             f"Watching {', '.join(f'{p.relative_to(base)}/' for p in paths)} for changes; "
             "the server restarts on each change (Ctrl-C stops it)."
         )
+        self.stdout.flush()
         child = [sys.executable, str(base / "manage.py"), "serve", "-b", bind, "-p", str(port)]
 
         def announce(changes: set[tuple[Any, str]]) -> None:
