@@ -117,8 +117,8 @@ if DEBUG and not PUBLIC_IS_LOOPBACK:
 if not DEBUG:
     if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
         raise ImproperlyConfigured(
-            f"SECRET_KEY must be set to a random value of at least 32 characters when DEBUG is false: set it in "
-            f'{where_set("DEBUG")} (python3 -c "import secrets; print(secrets.token_urlsafe(50))"), '
+            "SECRET_KEY must be set to a random value of at least 32 characters when DEBUG is false: "
+            f'set it in {where_set("DEBUG")} (python3 -c "import secrets; print(secrets.token_urlsafe(50))"), '
             f"or set DEBUG=true there for local development."
         )
     if "*" in ALLOWED_HOSTS:

@@ -153,8 +153,8 @@ BAD_SETTINGS = [
     ),
     (
         {"DEBUG": "false", "SECRET_KEY": "short"},
-        "Configuration error: SECRET_KEY must be set to a random value of at least 32 characters when DEBUG is "
-        "false: set it in the environment",
+        "Configuration error: SECRET_KEY must be set to a random value of at least 32 characters "
+        "when DEBUG is false: set it in the environment",
     ),
 ]
 
