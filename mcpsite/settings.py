@@ -118,8 +118,9 @@ if not DEBUG:
     if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
         raise ImproperlyConfigured(
             "SECRET_KEY must be set to a random value of at least 32 characters when DEBUG is false: "
-            f'set it in {where_set("DEBUG")} (python3 -c "import secrets; print(secrets.token_urlsafe(50))"), '
-            f"or set DEBUG=true there for local development."
+            f"set it in {where_set('DEBUG')} "
+            '(python3 -c "import secrets; print(secrets.token_urlsafe(50))"), '
+            "or set DEBUG=true there for local development."
         )
     if "*" in ALLOWED_HOSTS:
         raise ImproperlyConfigured("ALLOWED_HOSTS must list host names, not '*'.")
