@@ -38,6 +38,21 @@ class ApplicationAdminForm(forms.ModelForm):
         help_texts = {"skip_authorization": SKIP_CONSENT_WARNING}
 
 
+class ClientStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("enabled", "Enabled"), ("disabled", "Disabled")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Application]) -> QuerySet[Application]:
+        if self.value() == "enabled":
+            return queryset.filter(disabled_at__isnull=True)
+        if self.value() == "disabled":
+            return queryset.filter(disabled_at__isnull=False)
+        return queryset
+
+
 # Registered by django-oauth-toolkit's admin module via OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"].
 class ApplicationAdmin(admin.ModelAdmin):
     """OAuth clients with what an operator decides on: how and when they were registered, where
@@ -45,6 +60,7 @@ class ApplicationAdmin(admin.ModelAdmin):
     OIDC and secret-handling fields, which MCP clients never use, are left out."""
 
     form = ApplicationAdminForm
+    view_on_site = False  # the toolkit's get_absolute_url names a page this server does not have
     list_display = (
         "display_name",
         "client_id",
@@ -79,7 +95,7 @@ class ApplicationAdmin(admin.ModelAdmin):
         ),
         ("Advanced", {"classes": ("collapse",), "fields": ("user", "skip_authorization")}),
     )
-    list_filter = ("registration_source", "client_type", ("disabled_at", admin.EmptyFieldListFilter))
+    list_filter = ("registration_source", "client_type", ClientStatusFilter)
     search_fields = ("name", "client_id", "redirect_uris")
     list_select_related = ("user",)
     raw_id_fields = ("user",)
