@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import Page, Playwright, Route, sync_playwright
 
 from tests.support.browser import (
+    VIEWPORTS,
     assert_no_horizontal_scroll,
     chromium_page,
     require_chromium,
@@ -137,7 +138,7 @@ def test_approving_lists_the_app_and_revoking_it_on_connected_apps(
     assert "Revocable client" in row.inner_text()
     revoke = row.locator("button:has-text('Revoke')")
     box = revoke.bounding_box()
-    assert box is not None and box["x"] + box["width"] <= page.viewport_size["width"]
+    assert box is not None and box["x"] + box["width"] <= VIEWPORTS[viewport]["width"]
     # The header keeps "Log out alice" on one line (it wrapped into "Log / out / alice").
     assert text_lines(page, "#header-logout") == 1
     assert_no_horizontal_scroll(page, "connected apps")

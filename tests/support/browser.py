@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Page, Playwright
+from playwright.sync_api import Page, Playwright, ViewportSize
 
 from tests.support.debian import require_debian_program
 from tests.support.live import ROOT
@@ -31,7 +31,10 @@ CHROMIUM_FLAGS = [
 ]
 # A phone is a 375 px wide window, not mobile emulation: emulated mobile Chromium zooms out
 # to fit content that overflows, which would hide exactly the horizontal scroll we look for.
-VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 375, "height": 812}}
+VIEWPORTS: dict[str, ViewportSize] = {
+    "desktop": {"width": 1280, "height": 800},
+    "phone": {"width": 375, "height": 812},
+}
 
 
 def require_chromium() -> str:

@@ -80,7 +80,8 @@ def watched_paths() -> list[Path]:
     environment = Path(sys.prefix).resolve()  # a virtualenv inside the checkout holds installed apps
     candidates = [Path(app.path).resolve() for app in apps.get_app_configs()]
     candidates.append(Path(sys.modules[settings.SETTINGS_MODULE].__file__ or base).resolve().parent)
-    for engine in settings.TEMPLATES:
+    engines: list[dict[str, Any]] = settings.TEMPLATES
+    for engine in engines:
         candidates.extend(Path(directory).resolve() for directory in engine.get("DIRS", []))
     paths: list[Path] = []
     for path in candidates:
