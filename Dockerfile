@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The web image: daphne serving the Django ASGI app on :8000 as an unprivileged user.
+# The web image: daphne (manage.py serve: start, SIGTERM drain) serving the Django ASGI app
+# on :8000 as an unprivileged user.
 # Build: docker compose build (or docker build -t django-remote-mcp .)
 
 FROM python:3.12-slim-bookworm AS build
@@ -42,4 +43,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "deploy/healthcheck.py"]
 # docker-compose.yml repeats this command (the deployment test reads it from there).
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "mcpsite.asgi:application"]
+CMD ["python", "manage.py", "serve", "-b", "0.0.0.0", "-p", "8000"]

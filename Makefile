@@ -1,5 +1,6 @@
-# Two commands: `make run` serves http://localhost:8787, `make test` runs every check.
-# `make bench` runs the benchmark (bench/README.md); BENCH_ARGS="--quick" for a short run.
+# Two commands: `make run` serves http://localhost:8787 (make run PORT=8799 for another port),
+# `make test` runs every check. `make bench` runs the benchmark (bench/README.md);
+# BENCH_ARGS="--quick" for a short run.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -15,11 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# PUBLIC_URL follows PORT unless it is set; `serve` prints "Serving on ..." once the port is
+# bound, and --reload restarts it when a .py file or a template changes.
 run: $(STAMP)
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py ensure_local_user
-	@echo "Serving on http://localhost:$(PORT)  (MCP: http://localhost:$(PORT)/sse and /mcp)"
-	$(BIN)/daphne -b 127.0.0.1 -p $(PORT) mcpsite.asgi:application
+	@PORT=$(PORT) $(BIN)/python manage.py migrate --noinput --verbosity 0
+	@echo "Database migrations: up to date."
+	@PORT=$(PORT) $(BIN)/python manage.py ensure_local_user
+	@PORT=$(PORT) $(BIN)/python manage.py serve -b 127.0.0.1 -p $(PORT) --reload
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

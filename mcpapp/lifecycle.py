@@ -20,11 +20,9 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
-from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from django.conf import settings
 from twisted.internet import defer, reactor
@@ -107,20 +105,3 @@ def release_anyio_threads() -> None:
                 queue.put_nowait(None)
             except Exception:  # a full queue: the thread is busy and will see it after
                 logger.debug("could not signal an AnyIO worker thread", exc_info=True)
-
-
-class DrainingCommandLine(CommandLineInterface):
-    server_class = DrainingServer
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m mcpapp.lifecycle <daphne arguments>`: daphne's command line, this server."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mcpsite.settings")
-    import django
-
-    django.setup()
-    DrainingCommandLine().run(sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    main()

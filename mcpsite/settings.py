@@ -23,10 +23,14 @@ DEV_SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
-def _load_dotenv(path: Path) -> None:
-    """Read KEY=VALUE lines from `path` into os.environ; the real environment wins."""
+DOTENV_FILE = Path(os.environ.get("DOTENV_PATH", BASE_DIR / ".env"))
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines of `path` (none if there is no such file)."""
+    values: dict[str, str] = {}
     if not path.is_file():
-        return
+        return values
     for raw in path.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith("#") or "=" not in line:
@@ -36,10 +40,19 @@ def _load_dotenv(path: Path) -> None:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
-        os.environ.setdefault(key, value)
+        values[key] = value
+    return values
 
 
-_load_dotenv(Path(os.environ.get("DOTENV_PATH", BASE_DIR / ".env")))
+DOTENV_VALUES = _read_dotenv(DOTENV_FILE)
+for _key, _value in DOTENV_VALUES.items():
+    os.environ.setdefault(_key, _value)  # the real environment wins
+
+
+def where_set(name: str) -> str:
+    """Where a variable's value comes from, for error messages: the dotenv file or the environment."""
+    from_file = name in DOTENV_VALUES and os.environ.get(name) == DOTENV_VALUES[name]
+    return DOTENV_FILE.name if from_file else "the environment"
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -78,11 +91,16 @@ def env_list(name: str, default: str = "") -> list[str]:
 # --- Core -----------------------------------------------------------------------------------
 
 DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
+# Empty counts as unset: .env.example has an empty SECRET_KEY= line for the user to fill in.
+SECRET_KEY = env_str("SECRET_KEY") or DEV_SECRET_KEY
 
+# The port `make run` (manage.py serve) listens on; PUBLIC_URL follows it unless set.
+PORT = env_int("PORT", 8787, minimum=1)
+if PORT > 65535:
+    raise ImproperlyConfigured(f"PORT={PORT} is not a TCP port (1-65535)")
 # The origin clients are given. The OAuth issuer, every advertised endpoint and the
 # resource identifiers are built from it, never from the request's Host header.
-PUBLIC_URL = env_str("PUBLIC_URL", "http://localhost:8787").rstrip("/")
+PUBLIC_URL = (env_str("PUBLIC_URL") or f"http://localhost:{PORT}").rstrip("/")
 _public = urlsplit(PUBLIC_URL)
 if _public.scheme not in {"http", "https"} or not _public.hostname or _public.path not in {"", "/"}:
     raise ImproperlyConfigured(f"PUBLIC_URL={PUBLIC_URL!r} must be an origin such as https://mcp.example.com")
@@ -99,7 +117,12 @@ if DEBUG and not PUBLIC_IS_LOOPBACK:
     )
 if not DEBUG:
     if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
-        raise ImproperlyConfigured("SECRET_KEY must be set to a random value of at least 32 characters.")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set to a random value of at least 32 characters when DEBUG is false: "
+            f"set it in {where_set('DEBUG')} "
+            '(python3 -c "import secrets; print(secrets.token_urlsafe(50))"), '
+            "or set DEBUG=true there for local development."
+        )
     if "*" in ALLOWED_HOSTS:
         raise ImproperlyConfigured("ALLOWED_HOSTS must list host names, not '*'.")
     if _public.scheme != "https" and not PUBLIC_IS_LOOPBACK:
@@ -264,6 +287,8 @@ OAUTH2_PROVIDER = {
     "DEFAULT_SCOPES": [MCP_SCOPE],
     "OAUTH2_VALIDATOR_CLASS": "oauthapp.validators.MCPOAuth2Validator",
     "APPLICATION_ADMIN_CLASS": "oauthapp.admin.ApplicationAdmin",
+    "ACCESS_TOKEN_ADMIN_CLASS": "oauthapp.admin.AccessTokenAdmin",
+    "REFRESH_TOKEN_ADMIN_CLASS": "oauthapp.admin.RefreshTokenAdmin",
     "OIDC_ISS_ENDPOINT": PUBLIC_URL,
     "ACCESS_TOKEN_EXPIRE_SECONDS": ACCESS_TOKEN_LIFETIME,
     "REFRESH_TOKEN_EXPIRE_SECONDS": REFRESH_TOKEN_LIFETIME,
@@ -349,6 +374,12 @@ REGISTRATION_RATE_WINDOW = env_int("REGISTRATION_RATE_WINDOW", 3600, minimum=1)
 # A public client registering again from the same address with exactly the same metadata within
 # this many seconds gets its earlier client back instead of a new one (0 = always a new client).
 REGISTRATION_REUSE_WINDOW = env_int("REGISTRATION_REUSE_WINDOW", 86400)
+
+# On a development server (loopback PUBLIC_URL) the developer's own tools register from a
+# loopback address again and again (every Inspector run, every `rm -rf ~/.mcp-auth`): they get
+# this far higher limit instead. Every other address, and every address of a public server,
+# keeps REGISTRATION_RATE_LIMIT.
+REGISTRATION_LOOPBACK_RATE_LIMIT = env_int("REGISTRATION_LOOPBACK_RATE_LIMIT", 1000)
 
 # CORS for browser-based MCP clients: only the discovery, registration and token endpoints.
 CORS_ALLOW_ALL_ORIGINS = True

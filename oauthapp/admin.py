@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from oauth2_provider.models import AccessToken, RefreshToken, revoke_access_token
 from social_django.admin import UserSocialAuthOption
 from social_django.models import UserSocialAuth
 
@@ -15,19 +20,84 @@ from . import services
 from .github import SECRET_EXTRA_DATA_KEYS
 from .models import Application, Consent, GithubCredential, PersonalAccessToken
 
+# The admin is this product's, not Django's: its name in the header and the page titles.
+admin.site.site_header = settings.MCP_SERVER_NAME
+admin.site.site_title = f"{settings.MCP_SERVER_NAME} admin"
+admin.site.index_title = "Operate the server"
+
+SKIP_CONSENT_WARNING = (
+    "Users are never asked: anyone who logs in through this client hands it their account at once. "
+    "Only for a client you run yourself; never for a dynamically registered one."
+)
+
+
+class ApplicationAdminForm(forms.ModelForm):
+    class Meta:
+        model = Application
+        fields = ("name", "client_type", "redirect_uris", "user", "skip_authorization")
+        labels = {"skip_authorization": "Skip the consent page (dangerous)"}
+        help_texts = {"skip_authorization": SKIP_CONSENT_WARNING}
+
+
+class ClientStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("enabled", "Enabled"), ("disabled", "Disabled")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Application]) -> QuerySet[Application]:
+        if self.value() == "enabled":
+            return queryset.filter(disabled_at__isnull=True)
+        if self.value() == "disabled":
+            return queryset.filter(disabled_at__isnull=False)
+        return queryset
+
 
 # Registered by django-oauth-toolkit's admin module via OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"].
 class ApplicationAdmin(admin.ModelAdmin):
+    """OAuth clients with what an operator decides on: how and when they were registered, where
+    they send users back to, when they were last used, whether they are disabled. The toolkit's
+    OIDC and secret-handling fields, which MCP clients never use, are left out."""
+
+    form = ApplicationAdminForm
+    view_on_site = False  # the toolkit's get_absolute_url names a page this server does not have
     list_display = (
         "display_name",
         "client_id",
         "client_type",
         "registration_source",
+        "redirect_uri_list",
         "created",
         "last_used_at",
         "is_enabled",
+        "asks_consent",
     )
-    list_filter = ("registration_source", "client_type", ("disabled_at", admin.EmptyFieldListFilter))
+    fieldsets = (
+        (None, {"fields": ("name", "client_id", "client_type", "redirect_uris")}),
+        (
+            "Registration",
+            {
+                "fields": (
+                    "registration_source",
+                    "registered_from",
+                    "created",
+                    "registration_metadata",
+                    "cimd_expires_at",
+                    "document_fetched",
+                )
+            },
+        ),
+        (
+            "Use",
+            {
+                "fields": ("last_used_at", "disabled_at", "updated"),
+                "description": "Disable or enable a client with the actions on the client list.",
+            },
+        ),
+        ("Advanced", {"classes": ("collapse",), "fields": ("user", "skip_authorization")}),
+    )
+    list_filter = ("registration_source", "client_type", ClientStatusFilter)
     search_fields = ("name", "client_id", "redirect_uris")
     list_select_related = ("user",)
     raw_id_fields = ("user",)
@@ -43,6 +113,7 @@ class ApplicationAdmin(admin.ModelAdmin):
         "last_used_at",
         "disabled_at",
         "cimd_expires_at",
+        "document_fetched",
     )
     actions = ("disable_clients", "enable_clients", "revoke_client_tokens")
 
@@ -60,8 +131,9 @@ class ApplicationAdmin(admin.ModelAdmin):
     ) -> list[str] | tuple[str, ...]:
         fields = tuple(super().get_readonly_fields(request, obj))
         if obj is not None and obj.registration_source == Application.RegistrationSource.CIMD:
-            return (*fields, *self.CIMD_DOCUMENT_FIELDS, "document_fetched")
-        return fields
+            return (*fields, *(f for f in self.CIMD_DOCUMENT_FIELDS if f not in fields))
+        # A registered client's type decides how it authenticates: changing it breaks the client.
+        return (*fields, "client_type") if obj is not None else fields
 
     @admin.display(description="document last fetched")
     def document_fetched(self, obj: Application) -> object:
@@ -70,6 +142,23 @@ class ApplicationAdmin(admin.ModelAdmin):
     @admin.display(description="enabled", boolean=True, ordering="disabled_at")
     def is_enabled(self, obj: Application) -> bool:
         return obj.disabled_at is None
+
+    @admin.display(description="redirect URIs")
+    def redirect_uri_list(self, obj: Application) -> str:
+        uris = obj.redirect_uris.split()
+        return ", ".join(uris[:2]) + (f" (+{len(uris) - 2})" if len(uris) > 2 else "")
+
+    @admin.display(description="asks consent", boolean=True, ordering="-skip_authorization")
+    def asks_consent(self, obj: Application) -> bool:
+        return not obj.skip_authorization
+
+    def save_model(self, request: HttpRequest, obj: Application, form: Any, change: bool) -> None:
+        if not obj.authorization_grant_type:  # not on the form: MCP clients use the code flow
+            obj.authorization_grant_type = Application.GRANT_AUTHORIZATION_CODE
+        super().save_model(request, obj, form, change)
+        if obj.skip_authorization:
+            warning = f"{obj.display_name} skips the consent page. {SKIP_CONSENT_WARNING}"
+            self.message_user(request, warning, messages.WARNING)
 
     @admin.action(description="Disable selected clients (kills their tokens)")
     def disable_clients(self, request: HttpRequest, queryset: QuerySet[Application]) -> None:
@@ -102,6 +191,68 @@ class ConsentAdmin(admin.ModelAdmin):
         for consent in queryset.select_related("user", "application"):
             services.consent_revoke(user=consent.user, application=consent.application)
         self.message_user(request, "Consents revoked.", messages.SUCCESS)
+
+
+class AccessTokenAdmin(admin.ModelAdmin):
+    """Access tokens, without a token column: they are stored as checksums, the token itself
+    never (OAUTH2_PROVIDER["ACCESS_TOKEN_ADMIN_CLASS"]). Revoke, do not delete: revocation also
+    ends the refresh token and drops the cached check."""
+
+    list_display = ("pk", "user", "application", "scope", "expires", "created")
+    list_select_related = ("application", "user")
+    list_filter = (("expires", admin.DateFieldListFilter),)
+    search_fields = ("user__username", "application__name", "application__client_id")
+    fields = ("user", "application", "scope", "resource", "expires", "created", "updated")
+    readonly_fields = fields
+    actions = ("revoke_tokens",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected access tokens", permissions=["view"])
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
+        count = 0
+        for token in queryset:
+            revoke_access_token(token)
+            count += 1
+        self.message_user(request, f"Revoked {count} access token(s).", messages.SUCCESS)
+
+
+class RefreshTokenAdmin(admin.ModelAdmin):
+    """Refresh tokens, without a token column (stored as checksums too;
+    OAUTH2_PROVIDER["REFRESH_TOKEN_ADMIN_CLASS"]). Revoked ones stay as tombstones for reuse
+    detection until `prune_expired` removes them."""
+
+    list_display = ("pk", "user", "application", "created", "revoked")
+    list_select_related = ("application", "user")
+    list_filter = (("revoked", admin.EmptyFieldListFilter),)
+    search_fields = ("user__username", "application__name", "application__client_id")
+    fields = ("user", "application", "access_token", "created", "updated", "revoked")
+    readonly_fields = fields
+    actions = ("revoke_tokens",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected refresh tokens", permissions=["view"])
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[RefreshToken]) -> None:
+        count = 0
+        for token in queryset:
+            token.revoke()
+            count += 1
+        self.message_user(request, f"Revoked {count} refresh token(s).", messages.SUCCESS)
 
 
 User = get_user_model()

@@ -4,7 +4,6 @@ A 2025-03-26 client that finds no metadata falls back to exactly /authorize, /to
 /register, so none of them has a trailing slash (a POST must never meet a redirect).
 """
 
-from django.contrib.auth import views as auth_views
 from django.urls import path
 from oauth2_provider import views as dot_views
 
@@ -37,7 +36,7 @@ oauth_urlpatterns = [
 urlpatterns = [
     path("login", views.LoginView.as_view(), name="login"),
     path("login/deny", views.login_deny, name="login-deny"),
-    path("logout", auth_views.LogoutView.as_view(), name="logout"),
+    path("logout", views.LogoutView.as_view(), name="logout"),
     path("account/apps", views.connected_apps, name="connected-apps"),
     path("account/tokens", views.personal_token_create, name="personal-token-create"),
     path("account/tokens/<int:token_id>/revoke", views.personal_token_revoke, name="personal-token-revoke"),

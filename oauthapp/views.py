@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,6 +57,13 @@ def client_address(request: HttpRequest) -> str | None:
         if forwarded:
             return forwarded.split(",")[-1].strip() or None
     return request.META.get("REMOTE_ADDR") or None
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 # --- Discovery -------------------------------------------------------------------------------
@@ -156,6 +164,8 @@ class RegisterView(View):
     @staticmethod
     def _within_rate_limit(address: str | None) -> bool:
         limit = settings.REGISTRATION_RATE_LIMIT
+        if settings.PUBLIC_IS_LOOPBACK and _is_loopback(address):
+            limit = settings.REGISTRATION_LOOPBACK_RATE_LIMIT
         if limit <= 0:
             return True
         key = f"oauthapp:register:{hashlib.sha256((address or '-').encode()).hexdigest()[:32]}"
@@ -169,6 +179,8 @@ class RegisterView(View):
 
 
 # --- Authorization -----------------------------------------------------------------------------
+
+STALE_REGISTRATION_ERRORS = (oauth_errors.InvalidClientIdError, oauth_errors.MismatchingRedirectURIError)
 
 
 class AuthorizeView(dot_views.AuthorizationView):
@@ -236,6 +248,12 @@ class AuthorizeView(dot_views.AuthorizationView):
                     scopes=form.cleaned_data.get("scope", "").split(),
                 )
         return response
+
+    def render_to_response(self, context: dict[str, Any], **response_kwargs: Any) -> HttpResponse:
+        # An unknown client_id or redirect URI is most often a client's stored registration
+        # from another server or an older database: the error page says how to drop it.
+        context["stale_registration"] = isinstance(context.get("error"), STALE_REGISTRATION_ERRORS)
+        return super().render_to_response(context, **response_kwargs)
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
@@ -339,6 +357,16 @@ class LoginView(auth_views.LoginView):
         return context
 
 
+class LogoutView(auth_views.LogoutView):
+    """POST logs out (CSRF-protected, as Django requires). A GET, say /logout typed in the
+    address bar, gets a page with the log-out button rather than a blank 405."""
+
+    http_method_names = ["get", "post", "options"]
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return render(request, "registration/logout_confirm.html")
+
+
 @require_POST
 def login_deny(request: HttpRequest) -> HttpResponse:
     """Deny the waiting MCP client from the login page: it gets error=access_denied, state and iss.
@@ -360,7 +388,8 @@ def home(request: HttpRequest) -> HttpResponse:
         "mcpServers": {
             "django-mcp": {
                 "command": "npx",
-                "args": ["mcp-remote", f"{settings.PUBLIC_URL}/sse"],
+                # /mcp: on /sse mcp-remote first logs "Received error (status 405)" and falls back.
+                "args": ["mcp-remote", f"{settings.PUBLIC_URL}/mcp"],
             }
         }
     }

@@ -268,7 +268,10 @@ def test_registration_shows_a_confidential_client_its_secret_once_and_stores_it_
 
 
 def test_it_limits_registrations_per_client_address(tmp_path: Path) -> None:
-    limited = prepare_server(tmp_path, REGISTRATION_RATE_LIMIT="3").start()
+    # A public PUBLIC_URL: on a loopback (development) one, loopback callers get a higher limit.
+    limited = prepare_server(
+        tmp_path, REGISTRATION_RATE_LIMIT="3", PUBLIC_URL="https://mcp.example.test"
+    ).start()
     try:
         body = {"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}
         for _ in range(3):

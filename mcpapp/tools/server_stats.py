@@ -1,11 +1,24 @@
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Avg, Count
 from django.utils import timezone
 
 from ..models import ToolCall
+from . import TOOLS
 from .context import requires_permission
+
+
+def known_tool_names() -> frozenset[str]:
+    """The tool names this server serves. Audit rows also record calls to names it does not
+    (typos, probing clients); reports list only these, so a caller cannot fill them with junk."""
+    names = set(TOOLS)
+    if settings.MCP_CONFORMANCE_FIXTURES:
+        from ..conformance import TOOLS as FIXTURE_TOOLS
+
+        names.update(tool.__name__ for tool in FIXTURE_TOOLS)
+    return frozenset(names)
 
 
 @requires_permission("mcpapp.use_server_stats")
@@ -14,17 +27,9 @@ def server_stats(hours: int = 24) -> dict[str, Any]:
     error counts and mean duration. Needs the "use server_stats" permission."""
     hours = max(1, min(hours, 24 * 90))
     since = timezone.now() - timedelta(hours=hours)
-    rows = (
-        ToolCall.objects.filter(created__gte=since)
-        .values("tool")
-        .annotate(calls=Count("id"), mean_ms=Avg("duration_ms"))
-        .order_by("-calls")
-    )
-    errors = dict(
-        ToolCall.objects.filter(created__gte=since, outcome=ToolCall.Outcome.ERROR)
-        .values_list("tool")
-        .annotate(n=Count("id"))
-    )
+    calls = ToolCall.objects.filter(created__gte=since, tool__in=known_tool_names())
+    rows = calls.values("tool").annotate(calls=Count("id"), mean_ms=Avg("duration_ms")).order_by("-calls")
+    errors = dict(calls.filter(outcome=ToolCall.Outcome.ERROR).values_list("tool").annotate(n=Count("id")))
     return {
         "hours": hours,
         "tools": [

@@ -124,14 +124,13 @@ class LiveServer:
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "mcpapp.lifecycle",  # daphne with the MCP worker's start and drain
+                "manage.py",
+                "serve",  # daphne with the MCP worker's start and SIGTERM drain, as compose runs it
                 "-b",
                 "127.0.0.1",
                 "-p",
                 str(self.port),
                 *self.extra_args,
-                "mcpsite.asgi:application",
             ],
             cwd=ROOT,
             env=self.env,

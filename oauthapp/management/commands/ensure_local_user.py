@@ -1,4 +1,4 @@
-"""Create a local admin login on first run and print it (used by `make run`)."""
+"""Create a local admin login on first run and print it once (used by `make run`)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,15 @@ class Command(BaseCommand):
             User.objects.create_superuser(username="admin", email="", password=password)
             LOGIN_FILE.write_text(f"admin {password}\n")
             LOGIN_FILE.chmod(0o600)
+            # The only time the password is printed: afterwards it is in the file, not the log.
+            self.stdout.write(
+                self.style.SUCCESS(f"Local login: username admin  password {password}")
+                + f"\n(kept in {LOGIN_FILE.name}; change it in {settings.PUBLIC_URL}/admin/)"
+            )
+            return
         if LOGIN_FILE.is_file():
-            username, _, password = LOGIN_FILE.read_text().strip().partition(" ")
+            username, _, _password = LOGIN_FILE.read_text().strip().partition(" ")
             if User.objects.filter(username=username).exists():
-                self.stdout.write(
-                    self.style.SUCCESS(f"Local login: username {username}  password {password}")
-                    + f"\n(kept in {LOGIN_FILE.name}; change it in {settings.PUBLIC_URL}/admin/)"
-                )
+                self.stdout.write(f"Local login: username {username} (the password is in {LOGIN_FILE.name})")
                 return
         self.stdout.write("Users exist already; log in with yours (manage.py createsuperuser makes another).")

@@ -1,0 +1,211 @@
+"""`make run` as a newcomer runs it, in a fresh copy of this checkout (tests/support/checkout.py):
+the port it is given is the one every URL names, it says little and only true things, a copied
+.env.example is explained in one line, configuration errors are one line, and it reloads.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.checkout import Make, accepts_connections, copy_checkout, newcomer_env
+from tests.support.live import ROOT, free_port
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    return copy_checkout(tmp_path / "checkout")
+
+
+def make_run(checkout: Path, port: int, name: str) -> Make:
+    env = newcomer_env(checkout.parent / "home")
+    return Make(checkout, ["run", f"PORT={port}"], env, name=name).start()
+
+
+def claude_config(page: str) -> dict:
+    match = re.search(r'<pre id="claude-config">(.*?)</pre>', page, re.S)
+    assert match, page
+    return json.loads(html.unescape(match.group(1)))
+
+
+def assert_no_traceback(*runs: Make) -> None:
+    for run in runs:
+        assert "Traceback" not in run.out() + run.err(), run.out() + run.err()
+
+
+def test_make_run_advertises_the_port_it_was_given_everywhere(checkout: Path) -> None:
+    port = free_port()
+    run = make_run(checkout, port, "run")
+    try:
+        run.wait_for("Serving on")
+        origin = f"http://localhost:{port}"  # PUBLIC_URL follows PORT
+        local = f"http://127.0.0.1:{port}"
+        metadata = httpx.get(f"{local}/.well-known/oauth-authorization-server").json()
+        assert metadata["issuer"] == origin
+        for key in (
+            "authorization_endpoint",
+            "token_endpoint",
+            "registration_endpoint",
+            "revocation_endpoint",
+        ):
+            assert metadata[key].startswith(f"{origin}/"), (key, metadata[key])
+        for path in ("/mcp", "/sse"):
+            resource = httpx.get(f"{local}/.well-known/oauth-protected-resource{path}").json()
+            assert resource["resource"] == f"{origin}{path}"
+            assert resource["authorization_servers"] == [origin]
+        challenge = httpx.post(f"{local}/mcp").headers["www-authenticate"]
+        assert f'resource_metadata="{origin}/.well-known/oauth-protected-resource/mcp"' in challenge
+        home = httpx.get(f"{local}/").text
+        assert claude_config(home)["mcpServers"]["django-mcp"]["args"] == ["mcp-remote", f"{origin}/mcp"]
+        assert "8787" not in home
+        assert f"Serving on {local}  (open {origin}/, MCP endpoint {origin}/mcp)" in run.out()
+    finally:
+        run.stop()
+    assert_no_traceback(run)
+
+
+def test_make_run_says_serving_once_bound_and_prints_the_password_only_the_first_time(checkout: Path) -> None:
+    port = free_port()
+    first = make_run(checkout, port, "first")
+    try:
+        out = first.wait_for("Serving on")
+        # Printed from daphne's listen_success: a client started on that line connects.
+        assert accepts_connections(port)
+    finally:
+        first.stop()
+    username, password = (checkout / ".local-login").read_text().split()
+    start = out.split("Serving on")[0]
+    assert f"Local login: username {username}  password {password}" in start
+    # Migrations take one short line, not one per migration.
+    assert "Applying" not in out
+    assert start.count("Database migrations: up to date.") == 1
+    assert len(start.splitlines()) <= 4, start
+
+    second = make_run(checkout, port, "second")
+    try:
+        again = second.wait_for("Serving on")
+    finally:
+        second.stop()
+    assert password not in again + second.err()
+    assert f"Local login: username {username} (the password is in .local-login)" in again
+    assert_no_traceback(first, second)
+
+
+def test_make_run_with_a_copied_env_example_says_in_one_line_what_to_change(checkout: Path) -> None:
+    dotenv = checkout / ".env"
+    shutil.copy(checkout / ".env.example", dotenv)
+    port = free_port()
+
+    refused = make_run(checkout, port, "refused")
+    assert refused.wait() != 0
+    ours = [line for line in refused.err().splitlines() if not line.startswith("make: ***")]
+    assert len(ours) == 1, refused.err()
+    assert ours[0].startswith(
+        "Configuration error: SECRET_KEY must be set to a random value of at least 32 characters"
+    )
+    assert "set it in .env" in ours[0] and "set DEBUG=true there" in ours[0]
+    assert not (checkout / "db.sqlite3").exists()  # it stopped before touching anything
+
+    # As the line says. The file's PUBLIC_URL still names 8787: the server says so at start.
+    dotenv.write_text(dotenv.read_text().replace("\nDEBUG=false\n", "\nDEBUG=true\n"))
+    pinned = make_run(checkout, port, "pinned")
+    try:
+        pinned.wait_for("Serving on")
+    finally:
+        pinned.stop()
+    assert (
+        f"Warning: PUBLIC_URL (http://localhost:8787, from .env) names port 8787 but the server listens "
+        f"on {port}, so clients will fail discovery: remove PUBLIC_URL (it follows PORT)"
+    ) in pinned.err()
+
+    # As the warning says.
+    dotenv.write_text(re.sub(r"(?m)^PUBLIC_URL=.*\n", "", dotenv.read_text()))
+    fixed = make_run(checkout, port, "fixed")
+    try:
+        fixed.wait_for("Serving on")
+        metadata = httpx.get(f"http://127.0.0.1:{port}/.well-known/oauth-authorization-server").json()
+        assert metadata["issuer"] == f"http://localhost:{port}"
+    finally:
+        fixed.stop()
+    assert "Warning" not in fixed.err()
+    assert_no_traceback(refused, pinned, fixed)
+
+
+BAD_SETTINGS = [
+    ({"PORT": "eighty"}, "Configuration error: PORT='eighty' is not a whole number"),
+    ({"PORT": "70000"}, "Configuration error: PORT=70000 is not a TCP port (1-65535)"),
+    ({"DEBUG": "maybe"}, "Configuration error: DEBUG='maybe' is not a boolean (use true or false)"),
+    (
+        {"PUBLIC_URL": "mcp.example.com"},
+        "Configuration error: PUBLIC_URL='mcp.example.com' must be an origin such as https://mcp.example.com",
+    ),
+    (
+        {"GITHUB_CLIENT_ID": "Iv1.0123456789abcdef"},
+        "Configuration error: Set both GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET, or neither.",
+    ),
+    (
+        {"DEBUG": "false", "SECRET_KEY": "short"},
+        "Configuration error: SECRET_KEY must be set to a random value of at least 32 characters "
+        "when DEBUG is false: set it in the environment",
+    ),
+]
+
+
+@pytest.mark.parametrize("command", [["check"], ["migrate", "--noinput"], ["ensure_local_user"], ["serve"]])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    BAD_SETTINGS,
+    ids=["port-word", "port-range", "debug", "public-url", "github", "secret"],
+)
+def test_every_configuration_error_is_one_line_and_a_failure_exit(
+    tmp_path: Path, command: list[str], bad: dict[str, str], message: str
+) -> None:
+    env = newcomer_env(tmp_path, DOTENV_PATH=str(tmp_path / "no.env"), **bad)
+    result = subprocess.run(
+        [sys.executable, "manage.py", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(message), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""
+
+
+def test_make_run_restarts_the_server_when_code_or_a_template_changes(checkout: Path) -> None:
+    port = free_port()
+    home_url = f"http://127.0.0.1:{port}/"
+    run = make_run(checkout, port, "reload")
+    try:
+        run.wait_for("Serving on")
+        assert "Watching mcpapp/, mcpsite/, oauthapp/, templates/ for changes" in run.out()
+        assert "<h1>Django MCP server</h1>" in httpx.get(home_url).text
+
+        settings_py = checkout / "mcpsite" / "settings.py"
+        settings_py.write_text(settings_py.read_text() + '\nMCP_SERVER_NAME = "Renamed by a code change"\n')
+        run.wait_for("Serving on", count=2)
+        assert "Restarting: mcpsite/settings.py changed" in run.out()
+        assert "<h1>Renamed by a code change</h1>" in httpx.get(home_url).text
+
+        template = checkout / "templates" / "home.html"
+        template.write_text(
+            template.read_text().replace("<h2>MCP endpoints</h2>", "<h2>Edited endpoints</h2>")
+        )
+        run.wait_for("Serving on", count=3)
+        assert "Restarting: templates/home.html changed" in run.out()
+        assert "<h2>Edited endpoints</h2>" in httpx.get(home_url).text
+    finally:
+        run.stop()
+    assert_no_traceback(run)
