@@ -41,6 +41,7 @@ class DrainingServer(Server):
         super().__init__(*args, endpoints=endpoints, **kwargs)
         self._grace = float(settings.MCP_DRAIN_SECONDS)
         self._interrupted = False
+        self._stopping = False
         self._starting: asyncio.Future[None] | None = None
 
     def run(self) -> None:
@@ -73,6 +74,18 @@ class DrainingServer(Server):
         self._stop(0.0, "SIGINT")
 
     def _stop(self, grace: float, why: str) -> None:
+        """Begin stopping (once); a later, more urgent signal only shortens the grace."""
+        if self._stopping:
+            if grace < self._grace:
+                logger.info("%s: cutting the drain short", why)
+                self._grace = grace
+                from .worker import current_worker
+
+                worker = current_worker()
+                if worker is not None:
+                    worker.cut_drain_short()
+            return
+        self._stopping = True
         logger.info("%s: stopping%s", why, f" (in-flight requests get {grace:.0f} s)" if grace else "")
         self._grace = grace
         if reactor.running:

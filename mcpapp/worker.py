@@ -102,6 +102,7 @@ class Worker:
         self._idle.set()
         self._streams: set[anyio.CancelScope] = set()
         self._stop = asyncio.Event()
+        self._cut = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
         METRICS.sessions.labels(transport="sse").set_function(lambda: len(self.sse.sessions))
@@ -194,7 +195,7 @@ class Worker:
         )
         self._end_streams()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+            await asyncio.wait_for(self._wait_idle_or_cut(), timeout=grace)
         if self._inflight:
             logger.warning(
                 "drain: %d request(s) still running after %.0f s; ending them", self._inflight, grace
@@ -203,6 +204,19 @@ class Worker:
             await self.tunnel.abort_all()
         self._end_streams()
         await self.stop(audit_timeout=max(1.0, grace - (time.monotonic() - started)))
+
+    async def _wait_idle_or_cut(self) -> None:
+        idle = asyncio.ensure_future(self._idle.wait())
+        cut = asyncio.ensure_future(self._cut.wait())
+        try:
+            await asyncio.wait({idle, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            cut.cancel()
+
+    def cut_drain_short(self) -> None:
+        """A second, more urgent stop (Ctrl-C after SIGTERM): stop waiting for requests."""
+        self._cut.set()
 
     async def stop(self, *, audit_timeout: float = 2.0) -> None:
         if self.state == "stopped":

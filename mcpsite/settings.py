@@ -531,5 +531,7 @@ LOGGING = {
     "loggers": {
         "django.request": {"level": "ERROR"},
         "oauth2_provider": {"level": env_str("OAUTH_LOG_LEVEL", "WARNING")},
+        # The SDK logs every session it opens and closes at INFO.
+        "mcp": {"level": env_str("MCP_SDK_LOG_LEVEL", "WARNING")},
     },
 }

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,6 @@ import pytest
 
 from tests.support.live import ROOT, LiveServer
 from tests.support.node import node_env, require_node_tools, run_bounded
-from tests.support.oauth import Browser, obtain_token
 
 README = ROOT / "README.md"
 README_ORIGIN = "http://localhost:8787"
@@ -38,13 +40,35 @@ def json_documents(text: str) -> list[Any]:
 
 @pytest.mark.e2e
 def test_the_readme_inspector_cli_lines_work_as_written_with_one_token_for_both_endpoints(
-    server: LiveServer, alice_browser: Browser, tmp_path: Path
+    server: LiveServer, tmp_path: Path
 ) -> None:
     require_node_tools()
     script = readme_block("inspector --cli")
     assert "/mcp --transport http" in script and "/sse --transport sse" in script
-    # Bound to the origin, as the README's personal access tokens are: good for /mcp and /sse.
-    token = obtain_token(server.url, alice_browser, resource=server.url)["access_token"]
+    # The README's own way to get the token, for this server's user.
+    create = readme_block("create_personal_token admin").strip()
+    assert create.startswith(".venv/bin/python manage.py create_personal_token admin ")
+    made = subprocess.run(
+        [sys.executable, "manage.py", *shlex.split(create)[2:]],
+        cwd=ROOT,
+        env={**server.env, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode != 0 and "admin" in made.stderr  # no such user on the test server
+    made = subprocess.run(
+        [sys.executable, "manage.py", *shlex.split(create.replace(" admin ", " alice "))[2:]],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    token = made.stdout.strip()
+    assert token and "\n" not in token
 
     completed = run_bounded(
         ["bash", "-e", "-c", script.replace(README_ORIGIN, server.url)],

@@ -1,0 +1,146 @@
+"""Nothing per request outlives the request: two workers on PostgreSQL and Redis take 200
+requests of each kind, and Redis's channels, the registry and each worker's own tables
+(as /metrics reports them) are back where they started."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.support.live import LiveServer, create_users, free_port, prepare_server
+from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body
+from tests.support.oauth import Browser, obtain_token
+from tests.support.services import fresh_postgres_database, fresh_redis_database
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+ROUNDS = 200
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, LiveServer, str]]:
+    tmp: Path = tmp_path_factory.mktemp("leaks")
+    with fresh_postgres_database() as database_url, fresh_redis_database() as redis_url:
+        port_a, port_b = free_port(), free_port()
+        first = prepare_server(
+            tmp,
+            database_url=database_url,
+            port=port_a,
+            REDIS_URL=redis_url,
+            PUBLIC_URL=f"http://127.0.0.1:{port_a}",
+        )
+        create_users(first.env, ("lena", "lena-password-123", {}))
+        second = LiveServer(env={**first.env}, port=port_b, log_path=tmp / f"server-{port_b}.log")
+        first.start()
+        second.start()
+        try:
+            yield first, second, redis_url
+        finally:
+            first.stop()
+            second.stop()
+
+
+def worker_tables(server: LiveServer) -> dict[str, float]:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {
+        match.group(1): float(match.group(2))
+        for match in re.finditer(r'^mcp_worker_entries\{table="([^"]+)"\} (\S+)$', text, re.M)
+    }
+
+
+def redis_state(redis_url: str) -> tuple[dict[str, int], int]:
+    """Our pub/sub channels with their subscriber counts, and the registry's session keys."""
+    client = redis.Redis.from_url(redis_url)
+    db = redis_url.rsplit("/", 1)[-1]
+    try:
+        channels = sorted(c.decode() for c in client.pubsub_channels(f"mcp:{db}:*"))
+        counts = {name: int(n) for name, n in client.pubsub_numsub(*channels)} if channels else {}
+        sessions = len(list(client.scan_iter(match=f"mcp:{db}:session:*", count=1000)))
+    finally:
+        client.close()
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in counts.items()}, sessions
+
+
+def settled(check: object, expected: object, seconds: float = 15) -> object:
+    deadline = time.monotonic() + seconds
+    value = check()  # type: ignore[operator]
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = check()  # type: ignore[operator]
+    return value
+
+
+def post(url: str, token: str, body: dict) -> httpx.Response:
+    return httpx.post(
+        url,
+        json=body,
+        headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"},
+        timeout=30,
+    )
+
+
+def test_two_hundred_requests_of_each_kind_leave_nothing_behind(
+    pair: tuple[LiveServer, LiveServer, str],
+) -> None:
+    first, second, redis_url = pair
+    browser = Browser(first.url)
+    assert browser.login("lena", "lena-password-123").status_code == 302
+    token = obtain_token(first.url, browser, resource=first.url)["access_token"]
+
+    # Warm up: the token is checked and cached once on each worker, and each worker's usage
+    # throttle has its one entry for this user and client.
+    for server in (first, second):
+        warm = MCPHttp(server.url, token)
+        warm.initialize()
+        assert warm.http.delete("/mcp", headers=warm.headers()).status_code == 200
+        warm.close()
+    time.sleep(1)
+    tables = [worker_tables(first), worker_tables(second)]
+    channels, sessions = redis_state(redis_url)
+    # Two workers: two inboxes with one subscriber each, and the shared revocation feed.
+    assert sorted(n for name, n in channels.items() if ":inbox:" in name) == [1, 1]
+    assert sessions == 0
+
+    # 200 legacy SSE sessions opened, used once and closed, alternating workers.
+    for n in range(ROUNDS):
+        server = (first, second)[n % 2]
+        stream = SSEStream(server.url, token)
+        event = stream.next()
+        assert event is not None and event[0] == "endpoint"
+        assert post(server.url + event[1], token, initialize_body("2024-11-05")).status_code == 202
+        assert stream.next_message()["id"] == 1
+        stream.close()
+
+    # 200 Streamable HTTP sessions: initialize, call, delete.
+    for n in range(ROUNDS):
+        client = MCPHttp((first, second)[n % 2].url, token)
+        client.initialize()
+        assert client.call("add", {"a": n, "b": 1})["result"]["content"][0]["text"] == str(n + 1)
+        assert client.http.delete("/mcp", headers=client.headers()).status_code == 200
+        client.close()
+
+    # 200 calls forwarded: a session on the first worker, every call through the second.
+    owner = MCPHttp(first.url, token)
+    owner.initialize()
+    through = MCPHttp(second.url, token)
+    through.session_id = owner.session_id
+    for n in range(ROUNDS):
+        assert through.call("add", {"a": n, "b": 2})["result"]["content"][0]["text"] == str(n + 2)
+    assert through.http.delete("/mcp", headers=through.headers()).status_code == 200
+    owner.close()
+    through.close()
+
+    # 200 health checks.
+    for n in range(ROUNDS):
+        assert httpx.get(f"{(first, second)[n % 2].url}/healthz", timeout=10).status_code == 200
+
+    assert settled(lambda: redis_state(redis_url), (channels, sessions)) == (channels, sessions)
+    for server, before in zip((first, second), tables, strict=True):
+        after = settled(lambda server=server: worker_tables(server), before)
+        assert after == before, f"{server.url}: {before} -> {after}"
