@@ -56,15 +56,15 @@ def worker_tables(server: LiveServer) -> dict[str, float]:
 
 def redis_state(redis_url: str) -> tuple[dict[str, int], int]:
     """Our pub/sub channels with their subscriber counts, and the registry's session keys."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
     db = redis_url.rsplit("/", 1)[-1]
     try:
-        channels = sorted(c.decode() for c in client.pubsub_channels(f"mcp:{db}:*"))
+        channels = sorted(str(c) for c in client.pubsub_channels(f"mcp:{db}:*"))
         counts = {name: int(n) for name, n in client.pubsub_numsub(*channels)} if channels else {}
         sessions = len(list(client.scan_iter(match=f"mcp:{db}:session:*", count=1000)))
     finally:
         client.close()
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in counts.items()}, sessions
+    return {str(k): v for k, v in counts.items()}, sessions
 
 
 def settled(check: object, expected: object, seconds: float = 15) -> object:
