@@ -81,6 +81,7 @@ class AuditWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcp-audit")
         self._task: asyncio.Task[None] | None = None
         self._failing_since: float | None = None
+        self._closing = False
         self._dropped_logged = 0.0
 
     # --- the request path: no await, no I/O ------------------------------------------------------
@@ -128,10 +129,12 @@ class AuditWriter:
 
     async def _run(self) -> None:
         backoff = self.interval
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
             self._wake.clear()
+            if self._closing:
+                return
             self._prune_throttle()
             ok = await self.flush_once()
             backoff = self.interval if ok else min(max(backoff * 2, 0.5), MAX_BACKOFF_SECONDS)
@@ -181,9 +184,10 @@ class AuditWriter:
     async def close(self, *, timeout: float) -> None:
         """Stop the background task and write everything left (spooling what cannot be)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Never cancel a batch half-way: records taken from the buffer would be lost.
+            self._closing = True
+            self._wake.set()
+            await self._task
             self._task = None
         deadline = time.monotonic() + timeout
         while (self._calls or self._clients) and time.monotonic() < deadline:

@@ -238,6 +238,13 @@ async def test_elicitation_sep1330_enums(ctx: Context) -> CallToolResult:
     return text_result(f"Elicitation completed: action={action}, content={json.dumps(content)}")
 
 
+async def test_sleep(seconds: float) -> CallToolResult:
+    """Not the suite's: sleep for `seconds` (at most 30), then say so. The drain and fault tests
+    use it as a call that is still running when a worker stops."""
+    await anyio.sleep(max(0.0, min(seconds, 30.0)))
+    return text_result(f"slept {seconds:g} s")
+
+
 TOOLS = (
     test_simple_text,
     test_image_content,
@@ -251,6 +258,7 @@ TOOLS = (
     test_elicitation,
     test_elicitation_sep1034_defaults,
     test_elicitation_sep1330_enums,
+    test_sleep,
 )
 
 # --- prompts ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import anyio
 from channels.consumer import AsyncConsumer
 
 from .guards import BODY_KEY
@@ -27,6 +28,7 @@ from .wire import (
     Send,
     send_jsonrpc_error,
     send_unavailable,
+    unfinished_request_events,
 )
 from .worker import Worker, get_worker
 
@@ -37,13 +39,22 @@ class MCPConsumer(AsyncConsumer):
     """Serves /sse, /sse/message and /mcp (one instance per HTTP request)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        progress = {"started": False, "finished": False}
+        progress = {"started": False, "finished": False, "stream": False}
+        # Cancelled by the drain once its grace has run out (Worker.cancellable).
+        cut = anyio.CancelScope()
+
+        def unanswered() -> bytes:
+            """Errors for the requests of a POST whose event stream is being cut short."""
+            if progress["stream"] and scope["method"] == "POST":
+                return unfinished_request_events(scope.get(BODY_KEY, b""))
+            return b""
 
         async def tracked_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 progress["started"] = True
                 await send(message)
                 content_type = dict(message.get("headers") or ()).get(b"content-type", b"")
+                progress["stream"] = content_type.startswith(b"text/event-stream")
                 if (
                     scope["method"] == "GET"
                     and scope["path"] == "/mcp"
@@ -55,11 +66,18 @@ class MCPConsumer(AsyncConsumer):
                 return
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 progress["finished"] = True
+                if cut.cancel_called:  # the transport ends the stream it was made to leave
+                    message = {**message, "body": unanswered() + message.get("body", b"")}
             await send(message)
 
         try:
             worker = await get_worker()
-            await self.serve(worker, scope, receive, tracked_send)
+            with worker.cancellable(cut):
+                await self.serve(worker, scope, receive, tracked_send)
+            if cut.cancelled_caught and not progress["started"]:
+                # The drain's grace ran out before this request was answered.
+                await send_unavailable(send, "This worker is restarting", retry_after=1)
+                progress["started"] = progress["finished"] = True
         except BackendUnavailable as exc:
             if not progress["started"]:
                 await send_unavailable(send, str(exc))
@@ -72,12 +90,16 @@ class MCPConsumer(AsyncConsumer):
                 progress["started"] = progress["finished"] = True
         finally:
             if progress["started"] and not progress["finished"]:
-                # A stream the transport abandoned (client gone, token revoked, drain): end
-                # it properly so the server closes the connection instead of leaving it hanging.
+                # A stream cut before its end (client gone, token revoked, drain, the owning
+                # worker died): a POST's requests get a retryable error, and the response is
+                # ended properly so the connection closes instead of hanging.
                 with contextlib.suppress(Exception):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await send({"type": "http.response.body", "body": unanswered(), "more_body": False})
 
     async def serve(self, worker: Worker, scope: Scope, receive: Receive, send: Send) -> None:
+        if not worker.serving_requests:
+            await send_unavailable(send, "This worker is restarting", retry_after=1)
+            return
         caller: Caller = scope[SCOPE_KEY]
         worker.audit.note_use(caller)
         session_id = worker.session_id_of(scope) if scope["path"] != "/sse" else None

@@ -140,7 +140,7 @@ class Tunnel:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.pending[rid] = (entry.owner, queue)
         self._ensure_watcher()
-        started = finished = False
+        started = False
         client_task: asyncio.Task[None] | None = None
         try:
             try:
@@ -183,7 +183,6 @@ class Tunnel:
                             await send_jsonrpc_error(send, 404, SESSION_NOT_FOUND, "Session not found")
                         else:
                             await send_unavailable(send, "The worker holding this session is restarting")
-                        finished = True
                     return
                 message: Message = item["m"]
                 if message["type"] == "http.response.start":
@@ -192,20 +191,15 @@ class Tunnel:
                         **message,
                         "headers": [(bytes(k), bytes(v)) for k, v in message.get("headers", ())],
                     }
-                elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                    finished = True
                 await send(message)
-                if finished:
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
                     METRICS.forwards.labels(direction="out", outcome="answered").inc()
                     return
         finally:
+            # A stream the owner did not finish is ended by the consumer (MCPConsumer).
             self.pending.pop(rid, None)
             if client_task is not None:
                 client_task.cancel()
-            if started and not finished:
-                # The owner went away mid-stream: end the response properly.
-                with contextlib.suppress(Exception):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _owner_unreachable(self, entry: SessionEntry, session_id: str, send: Send) -> None:
         try:

@@ -39,6 +39,27 @@ def jsonrpc_error_body(code: int, message: str, request_id: Any = None, data: An
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode()
 
 
+def unfinished_request_events(body: bytes) -> bytes:
+    """SSE `message` events answering each request in `body` with a retryable JSON-RPC error:
+    for a stream cut before its answer (the worker stopped, the owning worker died), so the
+    client learns at once that it should send the request again rather than wait."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return b""
+    messages = data if isinstance(data, list) else [data]
+    events = []
+    for message in messages:
+        if isinstance(message, dict) and "method" in message and isinstance(message.get("id"), str | int):
+            error = jsonrpc_error_body(
+                SERVER_UNAVAILABLE,
+                "The server stopped before this request finished; send it again",
+                message["id"],
+            )
+            events.append(b"event: message\ndata: " + error + b"\n\n")
+    return b"".join(events)
+
+
 async def send_json(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
     await send(
         {

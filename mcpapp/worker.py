@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -101,6 +101,7 @@ class Worker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._streams: set[anyio.CancelScope] = set()
+        self._requests: set[anyio.CancelScope] = set()
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,12 +119,13 @@ class Worker:
                 "tunnel_pending": lambda: len(self.tunnel.pending) if self.tunnel else 0,
                 "tunnel_serving": lambda: len(self.tunnel.serving) if self.tunnel else 0,
                 "streams": lambda: len(self._streams),
+                "requests": lambda: len(self._requests),
                 "inflight": lambda: self._inflight,
                 "audit_buffer": lambda: self.audit.pending,
                 "last_used_throttle": lambda: self.audit.throttle_entries,
             }
         )
-        METRICS.draining.set_function(lambda: 1 if self.state == "draining" else 0)
+        METRICS.draining.set_function(lambda: 1 if self.state in {"draining", "closing"} else 0)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -185,25 +187,38 @@ class Worker:
 
     async def drain(self, *, grace: float) -> None:
         """Stop taking new sessions, let in-flight requests finish (up to `grace` seconds),
-        end every stream, write the audit buffer, and leave Redis."""
-        if self.state in {"draining", "stopped"}:
+        end every stream, write the audit buffer, and leave Redis.
+
+        Two phases: while "draining", existing sessions are still served (a client finishing
+        its work) and the drain ends at the first moment nothing is in flight; then, "closing",
+        every new request is refused with a retryable 503 while those already inside finish.
+        """
+        if self.state != "serving":
             return
         self.state = "draining"
-        started = time.monotonic()
+        deadline = time.monotonic() + grace
         logger.info(
             "draining: %d request(s) in flight, %d stream(s) open", self._inflight, len(self._streams)
         )
         self._end_streams()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wait_idle_or_cut(), timeout=grace)
+        await self._wait_idle(until=deadline)
+        self.state = "closing"
+        await self._wait_idle(until=max(deadline, time.monotonic() + 1.0))
         if self._inflight:
             logger.warning(
                 "drain: %d request(s) still running after %.0f s; ending them", self._inflight, grace
             )
+            for scope in list(self._requests):
+                scope.cancel()
+            await self._wait_idle(until=time.monotonic() + 1.0)
         if self.tunnel is not None:
             await self.tunnel.abort_all()
         self._end_streams()
-        await self.stop(audit_timeout=max(1.0, grace - (time.monotonic() - started)))
+        await self.stop(audit_timeout=max(2.0, deadline - time.monotonic()))
+
+    async def _wait_idle(self, *, until: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wait_idle_or_cut(), timeout=max(0.0, until - time.monotonic()))
 
     async def _wait_idle_or_cut(self) -> None:
         idle = asyncio.ensure_future(self._idle.wait())
@@ -244,7 +259,13 @@ class Worker:
 
     @property
     def accepting(self) -> bool:
+        """New sessions are taken only while serving."""
         return self.state == "serving"
+
+    @property
+    def serving_requests(self) -> bool:
+        """Requests of existing sessions are served until the drain's closing phase."""
+        return self.state in {"serving", "draining"}
 
     @contextlib.asynccontextmanager
     async def tracked(self, scope: Scope) -> AsyncIterator[None]:
@@ -258,11 +279,21 @@ class Worker:
             if self._inflight == 0:
                 self._idle.set()
 
+    @contextlib.contextmanager
+    def cancellable(self, scope: anyio.CancelScope) -> Iterator[anyio.CancelScope]:
+        """A request the drain may cut short once its grace has run out."""
+        self._requests.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._requests.discard(scope)
+
     def endable(self, receive: Receive) -> Receive:
         """`receive` for a long-lived stream: the drain ends it by faking the client's leave."""
 
         async def wrapped() -> Message:
-            if self.state != "serving":
+            if self.state != "serving":  # the drain ends streams at once
                 return {"type": "http.disconnect"}
             scope = anyio.CancelScope()
             self._streams.add(scope)
@@ -281,6 +312,9 @@ class Worker:
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a request for a session of this worker (or a new one), local or forwarded."""
         path, method = scope["path"], scope["method"]
+        if not self.serving_requests:
+            await send_unavailable(send, "This worker is restarting", retry_after=1)
+            return
         if method == "GET":
             receive = self.endable(receive)
             if path == "/sse":
