@@ -7,7 +7,7 @@ of command connections publishes and reads the session registry.
 
 Liveness needs no guessing: PUBLISH returns how many subscribers received a message, so a
 message to a worker that is gone reports 0 at once, and a worker's heartbeat key (refreshed
-twice a second, expiring after 1.5 s) tells a dead worker (no subscription, no heartbeat)
+four times a second, expiring after 1 s) tells a dead worker (no subscription, no heartbeat)
 from one whose subscription is reconnecting (no subscription yet, heartbeat still fresh).
 
 When the subscription drops (Redis restarted, network trouble) the bus reconnects with
@@ -33,8 +33,8 @@ from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 0.5
-HEARTBEAT_TTL_MS = 1500
+HEARTBEAT_SECONDS = 0.25
+HEARTBEAT_TTL_MS = 1000
 COMMAND_TIMEOUT_SECONDS = 2.0
 PING_SECONDS = 3.0
 

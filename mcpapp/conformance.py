@@ -238,6 +238,36 @@ async def test_elicitation_sep1330_enums(ctx: Context) -> CallToolResult:
     return text_result(f"Elicitation completed: action={action}, content={json.dumps(content)}")
 
 
+async def test_reconnection(ctx: Context) -> CallToolResult:
+    """Close this call's event stream before answering (SEP-1699): the client reconnects with
+    Last-Event-ID and gets the answer from the event store."""
+    await ctx.close_sse_stream()
+    await anyio.sleep(STEP_SECONDS * 4)
+    return text_result("Reconnection test completed successfully")
+
+
+def json_schema_2020_12_tool(
+    name: str | None = None, address: dict[str, Any] | None = None
+) -> CallToolResult:
+    """A tool whose input schema uses JSON Schema 2020-12 keywords ($schema, $defs,
+    additionalProperties: false), which the server must pass on unchanged (SEP-1613)."""
+    return text_result(json.dumps({"name": name, "address": address}))
+
+
+JSON_SCHEMA_2020_12 = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+    "additionalProperties": False,
+}
+
+
 async def test_sleep(seconds: float) -> CallToolResult:
     """Not the suite's: sleep for `seconds` (at most 30), then say so. The drain and fault tests
     use it as a call that is still running when a worker stops."""
@@ -258,6 +288,8 @@ TOOLS = (
     test_elicitation,
     test_elicitation_sep1034_defaults,
     test_elicitation_sep1330_enums,
+    test_reconnection,
+    json_schema_2020_12_tool,
     test_sleep,
 )
 
@@ -360,6 +392,10 @@ def install_fixtures(server: DjangoMCPServer) -> None:
     for tool in TOOLS:
         # Sync fixtures run in the server's tool threads, as our own tools do.
         server.add_tool(as_async(tool), name=tool.__name__, description=tool.__doc__)
+    # Served exactly as written: the suite checks that no 2020-12 keyword is lost.
+    registered = server._tool_manager.get_tool(json_schema_2020_12_tool.__name__)
+    assert registered is not None
+    registered.parameters = JSON_SCHEMA_2020_12
     for prompt in PROMPTS:
         server.prompt(name=prompt.__name__, description=prompt.__doc__)(prompt)
     install_resources(server)

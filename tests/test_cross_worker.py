@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.live import LiveServer, create_users, free_port, prepare_server
-from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body
+from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, raw_events, resume
 from tests.support.oauth import Browser, obtain_token
 from tests.support.services import fresh_postgres_database, fresh_redis_database
 
@@ -24,7 +25,12 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServ
         port_a, port_b = free_port(), free_port()
         public = f"http://127.0.0.1:{port_a}"
         first = prepare_server(
-            tmp, database_url=database_url, port=port_a, REDIS_URL=redis_url, PUBLIC_URL=public
+            tmp,
+            database_url=database_url,
+            port=port_a,
+            REDIS_URL=redis_url,
+            PUBLIC_URL=public,
+            MCP_CONFORMANCE_FIXTURES="true",  # test_reconnection, for resumption
         )
         create_users(first.env, ("alice", "alice-password-123", {}), ("bob", "bob-password-456", {}))
         second = LiveServer(env={**first.env}, port=port_b, log_path=tmp / f"server-{port_b}.log")
@@ -179,3 +185,25 @@ def test_an_ended_sse_session_answers_404_on_every_worker_at_once(
     assert status.status_code == 404
     assert elapsed < 2
     assert post(first.url + endpoint, token, initialize_body("2024-11-05")).status_code == 404
+
+
+def test_a_stream_closed_on_one_worker_resumes_through_the_other(
+    workers: tuple[LiveServer, LiveServer], token: str
+) -> None:
+    first, second = workers
+    client = MCPHttp(first.url, token, version="2025-11-25")
+    client.initialize()
+    call = {
+        "jsonrpc": "2.0",
+        "id": 62,
+        "method": "tools/call",
+        "params": {"name": "test_reconnection", "arguments": {}},
+    }
+    response = httpx.post(f"{first.url}/mcp", content=json.dumps(call), headers=client.headers(), timeout=30)
+    assert response.status_code == 200
+    events = raw_events(response)
+    assert events[0]["retry"] == "1000"
+    # The owner keeps the event store; the resume lands on the other worker and is forwarded.
+    answer = resume(second.url, token, client, events[-1]["id"], 62)
+    assert answer["result"]["content"][0]["text"] == "Reconnection test completed successfully"
+    client.close()

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.forms import form_fields
 from tests.support.live import LiveServer, create_user, prepare_server
-from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body
+from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, raw_events, resume
 from tests.support.oauth import Browser, OAuthClient, admin_action, csrf_from, obtain_token
 
 
@@ -374,4 +374,32 @@ def test_a_dropped_stream_resumes_from_last_event_id(fixture_server: LiveServer)
     logs = [m["params"]["data"] for m in replayed if m.get("method") == "notifications/message"]
     assert logs == ["Tool processing data", "Tool execution completed"]
     assert replayed[-1]["result"]["content"][0]["text"] == "Tool with logging executed successfully"
+    client.close()
+
+
+def test_a_stream_the_server_closes_mid_call_primes_resumption_and_resumes(
+    fixture_server: LiveServer,
+) -> None:
+    # SEP-1699 (2025-11-25): a POST stream starts with a priming event (an id, empty data and
+    # the retry interval); a long call may close it and the client fetches the answer later.
+    token = obtain_token(fixture_server.url, logged_in(fixture_server, ("rita", "rita-password-123")))
+    client = MCPHttp(fixture_server.url, token["access_token"], version="2025-11-25")
+    client.initialize()
+    call = {
+        "jsonrpc": "2.0",
+        "id": 61,
+        "method": "tools/call",
+        "params": {"name": "test_reconnection", "arguments": {}},
+    }
+    with httpx.Client(timeout=30) as http:
+        response = http.post(f"{fixture_server.url}/mcp", content=json.dumps(call), headers=client.headers())
+    assert response.status_code == 200
+    events = raw_events(response)
+    priming = events[0]
+    assert priming["id"] and priming.get("data", "") == ""
+    assert priming["retry"] == "1000"
+    # The stream was closed before the answer.
+    assert not [e for e in events if '"id":61' in e.get("data", "").replace(" ", "")]
+    answer = resume(fixture_server.url, token["access_token"], client, events[-1]["id"], 61)
+    assert answer["result"]["content"][0]["text"] == "Reconnection test completed successfully"
     client.close()

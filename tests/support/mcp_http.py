@@ -150,10 +150,13 @@ class SSEStream:
                 return item
 
     def next_message(self, timeout: float = 15) -> dict[str, Any]:
-        item = self.next(timeout)
-        assert item is not None, "the stream ended"
-        assert item[0] == "message", item
-        return json.loads(item[1])
+        """The next JSON-RPC message (priming events, which carry no data, are skipped)."""
+        while True:
+            item = self.next(timeout)
+            assert item is not None, "the stream ended"
+            assert item[0] == "message", item
+            if item[1].strip():
+                return json.loads(item[1])
 
     def ended_within(self, seconds: float) -> bool:
         """Whether the stream ended within `seconds` (see `end` for how)."""
@@ -182,3 +185,40 @@ class SSEStream:
                     stream.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
         self._client.close()
+
+
+def raw_events(response: httpx.Response) -> list[dict[str, str]]:
+    """Every SSE event of a streamed response, as its fields (id, event, data, retry)."""
+    events: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if line == "":
+            if fields:
+                events.append(fields)
+            fields = {}
+        elif not line.startswith(":") and ":" in line:
+            name, _, value = line.partition(":")
+            fields[name] = fields.get(name, "") + value.strip()
+    if fields:
+        events.append(fields)
+    return events
+
+
+def resume(url: str, token: str, client: MCPHttp, last_event_id: str, request_id: int) -> dict[str, Any]:
+    """GET the stream again from `last_event_id`: the answer to `request_id`."""
+    stream = SSEStream(
+        url,
+        token,
+        path="/mcp",
+        **{
+            "Mcp-Session-Id": client.session_id or "",
+            "MCP-Protocol-Version": client.version,
+            "Last-Event-ID": last_event_id,
+        },
+    )
+    assert stream.status == 200
+    while True:
+        message = stream.next_message(timeout=10)
+        if message.get("id") == request_id:
+            stream.close()
+            return message
