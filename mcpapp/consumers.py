@@ -20,12 +20,14 @@ from .guards import BODY_KEY
 from .identity import SCOPE_KEY, Caller
 from .wire import (
     INTERNAL_ERROR,
+    INVALID_REQUEST,
     SESSION_NOT_FOUND,
     BackendUnavailable,
     Message,
     Receive,
     Scope,
     Send,
+    request_id_problem,
     send_jsonrpc_error,
     send_unavailable,
     unfinished_request_events,
@@ -100,6 +102,11 @@ class MCPConsumer(AsyncConsumer):
         if not worker.serving_requests:
             await send_unavailable(send, "This worker is restarting", retry_after=1)
             return
+        if scope["method"] == "POST":
+            problem = request_id_problem(scope.get(BODY_KEY, b""))
+            if problem:
+                await send_jsonrpc_error(send, 400, INVALID_REQUEST, problem)
+                return
         caller: Caller = scope[SCOPE_KEY]
         worker.audit.note_use(caller)
         session_id = worker.session_id_of(scope) if scope["path"] != "/sse" else None

@@ -22,11 +22,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.templatetags.static import static
 from django.utils import timezone
 from mcp.server.mcpserver import MCPServer
 from mcp_types import (
     CallToolRequestParams,
     CallToolResult,
+    Icon,
     ListToolsResult,
     PaginatedRequestParams,
     TextContent,
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 # (close_old_connections honours DATABASE_CONN_MAX_AGE), sized by MCP_TOOL_THREADS.
 TOOL_EXECUTOR = ThreadPoolExecutor(max_workers=settings.MCP_TOOL_THREADS, thread_name_prefix="mcp-tool")
 UNKNOWN_TOOL = "(unknown)"
+SERVER_ICON = "mcpapp/icon.svg"
 
 
 def load_tool(path: str) -> Callable[..., Any]:
@@ -113,12 +116,14 @@ class DjangoMCPServer(MCPServer):
 
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         annotations = getattr(fn, "annotations", None)
+        icon = getattr(fn, "icon", None)
         self.add_tool(
             as_async(fn),
             name=name,
             title=getattr(fn, "title", None),
             description=description_of(fn),
             annotations=annotations if isinstance(annotations, ToolAnnotations) else None,
+            icons=[icon_for(icon)] if icon else None,
         )
         permission = getattr(fn, "required_permission", None)
         if permission:
@@ -207,6 +212,13 @@ class DjangoMCPServer(MCPServer):
         )
 
 
+def icon_for(source: str) -> Icon:
+    """An icon from a static file path of ours (served by this server) or an https URL."""
+    url = source if source.startswith("https://") else f"{settings.PUBLIC_URL}{static(source)}"
+    mime = "image/svg+xml" if source.endswith(".svg") else "image/png"
+    return Icon(src=url, mime_type=mime)
+
+
 def caller_from_context(ctx: Any) -> Caller | None:
     """The caller the bearer-token layer put on the HTTP request that carried this message."""
     request = getattr(ctx, "request", None)
@@ -218,8 +230,11 @@ def caller_from_context(ctx: Any) -> Caller | None:
 def build_server() -> DjangoMCPServer:
     server = DjangoMCPServer(
         name=settings.MCP_SERVER_NAME,
+        title=settings.MCP_SERVER_NAME,
         version="0.1.0",
         instructions="Tools that act as the logged-in user of this Django server.",
+        website_url=f"{settings.PUBLIC_URL}/",
+        icons=[icon_for(SERVER_ICON)],
     )
     for name, path in TOOLS.items():
         server.register(name, load_tool(path))

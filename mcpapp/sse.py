@@ -9,7 +9,6 @@ MCP_KEEPALIVE_SECONDS. A session lives exactly as long as its stream.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -62,20 +61,6 @@ class SseSession:
 def session_id_from_query(scope: Scope) -> str | None:
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     return (query.get("sessionId") or query.get("session_id") or [None])[0]
-
-
-def request_id_problem(body: bytes) -> str | None:
-    """JSON-RPC ids are strings, numbers or null; the SDK would take `{"id": {...}}` for a
-    notification and answer nothing, so refuse it here."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None  # the parser below reports it
-    if isinstance(data, dict) and "id" in data:
-        value = data["id"]
-        if isinstance(value, bool) or not isinstance(value, str | int | float | type(None)):
-            return "The id of a JSON-RPC request must be a string or a number"
-    return None
 
 
 class SseTransport:
@@ -173,10 +158,6 @@ class SseTransport:
             user_id=session.caller.user_id, client_id=session.caller.client_id
         ):
             await send_jsonrpc_error(send, 404, SESSION_NOT_FOUND, "Session not found")
-            return
-        problem = request_id_problem(body)
-        if problem:
-            await send_jsonrpc_error(send, 400, INVALID_REQUEST, problem)
             return
         try:
             message = jsonrpc_message_adapter.validate_json(body, by_name=False)

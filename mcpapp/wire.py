@@ -4,6 +4,7 @@ MCP front door writes itself (everything else comes from the SDK's transports)."
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -37,6 +38,27 @@ def jsonrpc_error_body(code: int, message: str, request_id: Any = None, data: An
     if data is not None:
         error["data"] = data
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode()
+
+
+# A top-level "id" whose value is an object, array or boolean: only then is the body parsed.
+_SUSPICIOUS_ID = re.compile(rb'"id"\s*:\s*[\[{tf]')
+
+
+def request_id_problem(body: bytes) -> str | None:
+    """Why a JSON-RPC body's id is not allowed, or None. Ids are strings, numbers or null; the
+    SDK would take `{"id": {...}}` for a notification and answer 202 with nothing."""
+    if not _SUSPICIOUS_ID.search(body):
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # the transport's parser reports it
+    for message in data if isinstance(data, list) else [data]:
+        if isinstance(message, dict) and "id" in message:
+            value = message["id"]
+            if isinstance(value, bool) or not isinstance(value, str | int | float | type(None)):
+                return "The id of a JSON-RPC request must be a string or a number"
+    return None
 
 
 def unfinished_request_events(body: bytes) -> bytes:

@@ -29,6 +29,8 @@ from oauth2_provider.oauth2_backends import _add_iss_to_redirect
 from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 from oauthlib.oauth2.rfc6749.errors import CustomOAuth2Error
 
+from mcpapp import selectors as mcp_selectors
+
 from . import cimd, selectors, services
 from .forms import PersonalTokenForm
 from .middleware import LOGIN_ERROR_SESSION_KEY
@@ -272,6 +274,12 @@ class AuthorizeView(dot_views.AuthorizationView):
             and application.registration_source == Application.RegistrationSource.CIMD
         ):
             context["client_host"] = urlsplit(application.client_id).netloc
+        user = self.request.user
+        if user.is_authenticated:
+            # What the approval lets the client do: the tools this user may call, as the MCP
+            # server describes them (title, whether they change anything).
+            context["tools"] = mcp_selectors.tools_for_user(user_id=user.pk)
+        context["server_icon_url"] = mcp_selectors.server_icon_url()
         return context
 
     def error_response(self, error: OAuthToolkitError, application: Any, **kwargs: Any) -> HttpResponse:

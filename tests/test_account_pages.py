@@ -104,3 +104,18 @@ def test_revoking_an_unknown_app_is_a_404(server: LiveServer, alice_browser: Bro
         "/account/apps/no-such-client/revoke", data={"csrfmiddlewaretoken": csrf_from(page.text)}
     )
     assert response.status_code == 404
+
+
+def test_the_consent_page_lists_the_tools_the_client_could_call(
+    server: LiveServer, alice_browser: Browser
+) -> None:
+    client = OAuthClient.register(server.url, client_name="Tool-curious client")
+    page = alice_browser.http.get("/authorize", params=client.authorize_params(pkce_pair()[1]))
+    assert page.status_code == 200
+    tools = page.text[page.text.index('id="consent-tools"') :]
+    tools = tools[: tools.index("</ul>")]
+    assert "Add two numbers" in tools and "only reads" in tools
+    assert "Your GitHub profile" in tools
+    # A permission-gated tool alice does not hold is not offered.
+    assert "Server statistics" not in tools
+    assert '/static/mcpapp/icon.svg"' in page.text

@@ -467,3 +467,69 @@ def test_shutting_down_closes_open_streams_cleanly(tmp_path: Any) -> None:
         stream.close()
     finally:
         own.stop()
+
+
+@pytest.mark.parametrize("bad_id", [{"a": 1}, [1], True])
+def test_a_request_whose_id_is_not_a_string_or_number_gets_an_error_not_202(
+    server: LiveServer, alice_token: str, bad_id: Any
+) -> None:
+    client = MCPHttp(server.url, alice_token)
+    client.initialize()
+    response = client.post({"jsonrpc": "2.0", "id": bad_id, "method": "tools/list"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32600
+    client.close()
+    stream, endpoint = open_sse_session(server, alice_token)
+    legacy = post_mcp_path(server, endpoint, alice_token, {"jsonrpc": "2.0", "id": bad_id, "method": "ping"})
+    assert legacy.status_code == 400
+    assert legacy.json()["error"]["code"] == -32600
+    stream.close()
+
+
+def test_tools_say_what_they_are_and_the_server_shows_its_icon(server: LiveServer, alice_token: str) -> None:
+    client = MCPHttp(server.url, alice_token, version="2025-11-25")
+    init = client.initialize()
+    info = sse_messages(init.text)[0]["result"]["serverInfo"]
+    assert info["title"] and info["websiteUrl"] == f"{server.url}/"
+    (icon,) = info["icons"]
+    assert icon["src"] == f"{server.url}/static/mcpapp/icon.svg"
+    served = httpx.get(icon["src"], timeout=10)
+    assert served.status_code == 200 and served.headers["content-type"].startswith("image/svg")
+    tools = {t["name"]: t for t in client.request("tools/list")["result"]["tools"]}
+    assert tools["add"]["title"] == "Add two numbers"
+    assert tools["add"]["annotations"] == {
+        "title": "Add two numbers",
+        "readOnlyHint": True,
+        "destructiveHint": False,
+        "idempotentHint": True,
+        "openWorldHint": False,
+    }
+    assert tools["github_user"]["annotations"]["openWorldHint"] is True
+    # A docstring's hard line breaks are not the description's: paragraphs are.
+    assert "\n" not in tools["whoami"]["description"]
+    assert tools["github_user"]["description"].count("\n\n") == 1
+    client.close()
+
+
+def test_refused_arguments_are_explained_in_a_line_per_field(server: LiveServer, alice_token: str) -> None:
+    client = MCPHttp(server.url, alice_token)
+    client.initialize()
+    result = client.call("add", {"a": "twenty-three"})["result"]
+    assert result["isError"] is True
+    text = result["content"][0]["text"]
+    assert text.startswith("Invalid arguments: ")
+    assert "a: " in text and "b: " in text
+    assert "pydantic" not in text and "type=" not in text
+    client.close()
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/sse"])
+def test_an_endpoint_opened_in_a_browser_explains_itself(server: LiveServer, path: str) -> None:
+    response = httpx.get(
+        f"{server.url}{path}", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}, timeout=10
+    )
+    assert response.status_code == 401  # still the challenge a client needs
+    assert response.headers["www-authenticate"].startswith("Bearer ")
+    assert response.headers["content-type"].startswith("text/html")
+    assert "This is an MCP endpoint" in response.text
+    assert f"npx mcp-remote {server.url}{path}" in response.text

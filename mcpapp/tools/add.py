@@ -1,8 +1,9 @@
 import math
 
-from .context import ToolError
+from .context import ToolError, describe
 
 
+@describe(title="Add two numbers", read_only=True, idempotent=True, open_world=False)
 def add(a: float, b: float) -> float:
     """Add two numbers and return their sum."""
     if not (math.isfinite(a) and math.isfinite(b)):

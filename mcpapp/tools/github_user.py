@@ -6,10 +6,11 @@ from typing import Any
 
 from django.conf import settings
 
-from mcpapp.tools.context import ToolError, current_caller
+from mcpapp.tools.context import ToolError, current_caller, describe
 from oauthapp import services
 
 
+@describe(title="Your GitHub profile", read_only=True, idempotent=True, open_world=True)
 def github_user() -> dict[str, Any]:
     """Return your GitHub profile (login, name, email, ...) as GitHub's API reports it.
 

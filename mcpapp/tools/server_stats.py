@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from ..models import ToolCall
 from . import TOOLS
-from .context import requires_permission
+from .context import describe, requires_permission
 
 
 def known_tool_names() -> frozenset[str]:
@@ -22,6 +22,7 @@ def known_tool_names() -> frozenset[str]:
 
 
 @requires_permission("mcpapp.use_server_stats")
+@describe(title="Server statistics", read_only=True, idempotent=True, open_world=False)
 def server_stats(hours: int = 24) -> dict[str, Any]:
     """Operator tool: how many tool calls each tool served in the last `hours` hours, with
     error counts and mean duration. Needs the "use server_stats" permission."""

@@ -2,9 +2,10 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from .context import current_caller
+from .context import current_caller, describe
 
 
+@describe(title="Who am I", read_only=True, idempotent=True, open_world=False)
 def whoami() -> dict[str, Any]:
     """Tell who is calling: your username, email and linked GitHub login, the client's name and
     the scopes you granted it."""
