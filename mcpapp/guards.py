@@ -9,12 +9,14 @@ and adds the CORS headers to every answer for an allowed browser origin, refusal
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http.request import validate_host
 
 from .metrics import METRICS
+from .observability import REQUEST_ID, request_id_from
 from .wire import (
     INVALID_REQUEST,
     ASGIApp,
@@ -77,10 +79,20 @@ class OriginHostGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         status = {"code": 0}
+        request_id = request_id_from(header(scope, b"x-request-id"))
+        REQUEST_ID.set(request_id)
+        scope = {**scope, "mcp.request_id": request_id}
+        started = time.perf_counter()
 
         async def send_counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                if method != "GET":  # a stream's lifetime is not a latency
+                    METRICS.latency.labels(endpoint=path).observe(time.perf_counter() - started)
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", ()), (b"x-request-id", request_id.encode())],
+                }
             await send(message)
 
         try:

@@ -28,6 +28,7 @@ from django.conf import settings
 from twisted.internet import defer, reactor
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("mcpapp.access")
 
 LISTEN_BACKLOG = 2048
 
@@ -90,6 +91,27 @@ class DrainingServer(Server):
         self._grace = grace
         if reactor.running:
             reactor.stop()  # type: ignore[misc]
+
+    def log_action(self, protocol: Any, action: Any, details: dict[str, Any]) -> None:
+        """With LOG_FORMAT=json, access lines are log records with fields; else daphne's own."""
+        if settings.LOG_FORMAT != "json":
+            super().log_action(protocol, action, details)
+            return
+        if action == "complete":
+            access_logger.info(
+                "%s %s %s",
+                details.get("method"),
+                details.get("path"),
+                details.get("status"),
+                extra={
+                    "method": details.get("method"),
+                    "path": details.get("path"),
+                    "status": details.get("status"),
+                    "size": details.get("size"),
+                    "duration_ms": round(float(details.get("time_taken") or 0) * 1000, 1),
+                    "client": (details.get("client") or "").split(":")[0],
+                },
+            )
 
     def kill_all_applications(self) -> defer.Deferred[Any]:
         """Before daphne cancels every request: drain the worker (see the module docstring)."""

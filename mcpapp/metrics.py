@@ -19,6 +19,11 @@ class Metrics:
             "MCP endpoint requests by path, method and status",
             ["endpoint", "method", "status"],
         )
+        self.latency = Histogram(
+            "mcp_http_request_duration_seconds",
+            "Time to the answer's first byte on the MCP endpoints (streams excluded)",
+            ["endpoint"],
+        )
         self.django_requests = Counter(
             "mcp_django_requests",
             "Requests to the Django views by route name and status",

@@ -37,6 +37,7 @@ from .bus import HEARTBEAT_TTL_MS
 from .guards import BODY_KEY
 from .identity import SCOPE_KEY, Caller
 from .metrics import METRICS
+from .observability import REQUEST_ID
 from .wire import (
     SESSION_NOT_FOUND,
     BackendUnavailable,
@@ -153,6 +154,7 @@ class Tunnel:
                 "caller": caller.encode(),
                 "body": body,
             }
+            logger.info("forwarding %s %s to worker %s", scope["method"], scope["path"], entry.owner[:8])
             if not await self._deliver(entry, session_id, request, send):
                 return
 
@@ -251,6 +253,14 @@ class Tunnel:
     async def _serve(self, payload: dict[str, Any]) -> None:
         rid, reply_to = str(payload["rid"]), str(payload["from"])
         caller = Caller.decode(payload["caller"])
+        # The forwarder's request id: this worker's log lines for the request carry it too.
+        REQUEST_ID.set(str(payload["scope"].get("request_id") or "-"))
+        logger.info(
+            "serving %s %s forwarded by worker %s",
+            payload["scope"]["method"],
+            payload["scope"]["path"],
+            reply_to[:8],
+        )
         body: bytes = payload["body"]
         scope = {**decode_scope(payload["scope"], caller), BODY_KEY: body}
         gone = anyio.Event()

@@ -1,0 +1,156 @@
+"""/metrics for operators (Prometheus text format) and the JSON log format with request ids."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.live import LiveServer, create_users, free_port, prepare_server
+from tests.support.mcp_http import MCPHttp
+from tests.support.oauth import Browser, obtain_token
+from tests.support.services import fresh_postgres_database, fresh_redis_database
+
+METRICS_TOKEN = "metrics-token-0123456789abcdef"
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of `name` with exactly these labels (0 if absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if found == labels:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server whose /metrics admits no address: only operators and the token."""
+    server = prepare_server(
+        tmp_path_factory.mktemp("metrics"), METRICS_ALLOWED_IPS="192.0.2.0/24", METRICS_TOKEN=METRICS_TOKEN
+    )
+    create_users(
+        server.env, ("mia", "mia-password-123", {}), ("root", "root-password-123", {"is_staff": True})
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def metrics(server: LiveServer) -> str:
+    response = httpx.get(
+        f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+def test_it_refuses_an_anonymous_caller_and_a_wrong_token(guarded: LiveServer) -> None:
+    assert httpx.get(f"{guarded.url}/metrics", timeout=10).status_code == 403
+    wrong = httpx.get(f"{guarded.url}/metrics", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 403
+    user = Browser(guarded.url)
+    assert user.login("mia", "mia-password-123").status_code == 302
+    assert user.http.get("/metrics").status_code == 403  # logged in is not enough: staff only
+    operator = Browser(guarded.url)
+    assert operator.login("root", "root-password-123").status_code == 302
+    assert operator.http.get("/metrics").status_code == 200
+
+
+def test_it_counts_a_known_sequence_of_requests(guarded: LiveServer) -> None:
+    browser = Browser(guarded.url)
+    assert browser.login("mia", "mia-password-123").status_code == 302
+    token = obtain_token(guarded.url, browser, resource=guarded.url)["access_token"]
+    before = metrics(guarded)
+
+    client = MCPHttp(guarded.url, token)
+    client.initialize()  # POST initialize (200) + POST notifications/initialized (202)
+    for n in range(5):
+        assert client.call("add", {"a": n, "b": n})["result"]["content"][0]["text"] == str(2 * n)
+    assert client.call("add", {"a": "x", "b": 1})["result"]["isError"] is True
+    assert client.call("no_such_tool", {})["result"]["isError"] is True
+    refused = httpx.post(f"{guarded.url}/mcp", json={}, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert refused.status_code == 401
+    during = metrics(guarded)
+    assert sample(during, "mcp_active_sessions", transport="streamable_http") == 1
+    assert client.http.delete("/mcp", headers=client.headers()).status_code == 200
+    after = metrics(guarded)
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert grew("mcp_http_requests_total", endpoint="/mcp", method="POST", status="200") == 8
+    assert grew("mcp_http_requests_total", endpoint="/mcp", method="POST", status="202") == 1
+    assert grew("mcp_http_requests_total", endpoint="/mcp", method="POST", status="401") == 1
+    assert grew("mcp_http_requests_total", endpoint="/mcp", method="DELETE", status="200") == 1
+    assert grew("mcp_tool_calls_total", tool="add", outcome="ok") == 5
+    assert grew("mcp_tool_calls_total", tool="add", outcome="error") == 1
+    # Unknown names share one label: a client cannot blow up the number of series.
+    assert grew("mcp_tool_calls_total", tool="(unknown)", outcome="error") == 1
+    assert grew("mcp_auth_refusals_total", status="401") == 1
+    # One database read for the token, then memory for its other 9 requests (and one read for
+    # the unknown token).
+    assert grew("mcp_token_checks_total", result="database") == 2
+    assert grew("mcp_token_checks_total", result="cache_hit") == 9
+    assert sample(after, "mcp_active_sessions", transport="streamable_http") == 0
+    assert grew("mcp_django_requests_total", route="oauth2_provider:token", status="200") == 0
+    assert sample(after, "mcp_django_requests_total", route="oauth2_provider:token", status="200") >= 1
+    client.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_json_logs_carry_one_request_id_across_the_forward(tmp_path: Path) -> None:
+    with fresh_postgres_database() as database_url, fresh_redis_database() as redis_url:
+        port_a, port_b = free_port(), free_port()
+        first = prepare_server(
+            tmp_path,
+            database_url=database_url,
+            port=port_a,
+            REDIS_URL=redis_url,
+            PUBLIC_URL=f"http://127.0.0.1:{port_a}",
+            LOG_FORMAT="json",
+            LOG_LEVEL="INFO",
+        )
+        create_users(first.env, ("nora", "nora-password-123", {}))
+        second = LiveServer(env={**first.env}, port=port_b, log_path=tmp_path / f"server-{port_b}.log")
+        first.start()
+        second.start()
+        try:
+            browser = Browser(first.url)
+            assert browser.login("nora", "nora-password-123").status_code == 302
+            token = obtain_token(first.url, browser, resource=first.url)["access_token"]
+            owner = MCPHttp(first.url, token)
+            owner.initialize()
+            through = MCPHttp(second.url, token)
+            through.session_id = owner.session_id
+            response = through.post(
+                {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, **{"X-Request-ID": "trace-me-42"}
+            )
+            assert response.status_code == 200
+            assert response.headers["x-request-id"] == "trace-me-42"
+            owner.close()
+            through.close()
+        finally:
+            first.stop()
+            second.stop()
+
+    def records(server: LiveServer) -> list[dict]:
+        lines = [line for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+        return [json.loads(line) for line in lines]
+
+    took = [r for r in records(second) if r.get("request_id") == "trace-me-42"]
+    served = [r for r in records(first) if r.get("request_id") == "trace-me-42"]
+    assert any(r["message"].startswith("forwarding POST /mcp") for r in took), took
+    assert any(r["message"].startswith("serving POST /mcp forwarded by") for r in served), served
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in took + served)
+    # Access lines are records with fields too.
+    access = [r for r in records(second) if r.get("logger") == "mcpapp.access"]
+    assert any(r["path"] == "/mcp" and r["status"] == 200 and "duration_ms" in r for r in access)
