@@ -9,11 +9,14 @@ it is back); everything recovers without a restart; memory stays flat.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +24,7 @@ import pytest
 from tests.support.live import LiveServer, create_users, free_port, prepare_server
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, sse_messages
 from tests.support.oauth import Browser, obtain_token
+from tests.support.private_services import PrivatePostgres, PrivateRedis
 from tests.support.services import fresh_postgres_database, fresh_redis_database
 
 USER = ("fay", "fay-password-123")
@@ -167,3 +171,197 @@ def test_a_call_running_on_a_killed_worker_gets_a_retryable_error_through_the_ot
     assert [a["error"]["code"] for a in answers] == [-32001]
     session.close()
     through.close()
+
+
+def call_add(url: str, token: str, session_id: str, n: int) -> httpx.Response:
+    return post(
+        f"{url}/mcp",
+        token,
+        {
+            "jsonrpc": "2.0",
+            "id": n,
+            "method": "tools/call",
+            "params": {"name": "add", "arguments": {"a": n, "b": 1}},
+        },
+        **{"Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-06-18"},
+    )
+
+
+def assert_retryable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert int(response.headers["retry-after"]) > 0
+    assert response.json()["error"]["code"] == -32001
+
+
+def wait_healthy(server: LiveServer, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError(
+        f"{server.url} did not recover: {httpx.get(f'{server.url}/healthz', timeout=5).text}"
+    )
+
+
+@pytest.mark.postgres
+def test_redis_down_and_back_gives_retryable_503s_and_recovers_by_itself(tmp_path: Path) -> None:
+    with PrivateRedis() as redis_server, fresh_postgres_database() as database_url:
+        pair = two_workers(tmp_path, database_url=database_url, redis_url=redis_server.url)
+        try:
+            token = pair.token()
+            owner, other = pair.first, pair.second
+            session = MCPHttp(owner.url, token)
+            session.initialize()
+            sid = session.session_id or ""
+            assert call_add(other.url, token, sid, 1).status_code == 200  # forwarded, Redis up
+
+            redis_server.stop()
+            time.sleep(1.5)  # the workers notice their subscription is gone
+            # The owner still serves its own session (the token is checked in the database).
+            answered = call_add(owner.url, token, sid, 2)
+            assert answered.status_code == 200 and '"text":"3"' in answered.text.replace(" ", "")
+            # Reaching it through the other worker needs Redis: a retryable 503, not a 500.
+            assert_retryable(call_add(other.url, token, sid, 3))
+            # No new session while sessions cannot be registered; a legacy stream neither.
+            assert_retryable(post(f"{other.url}/mcp", token, initialize_body()))
+            sse = httpx.get(f"{owner.url}/sse", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert_retryable(sse)
+            health = httpx.get(f"{owner.url}/healthz", timeout=10)
+            assert health.status_code == 503 and health.json()["checks"]["redis"].startswith("error")
+
+            redis_server.start()  # back, and empty
+            wait_healthy(owner)
+            wait_healthy(other)
+            # The owner put its session back in the registry: forwarding works again, and
+            # new sessions open on either worker.
+            deadline = time.monotonic() + 10
+            while (
+                response := call_add(other.url, token, sid, 4)
+            ).status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert response.status_code == 200, response.text
+            fresh = MCPHttp(other.url, token)
+            fresh.initialize()
+            assert fresh.call("add", {"a": 20, "b": 22})["result"]["content"][0]["text"] == "42"
+            fresh.close()
+            session.close()
+        finally:
+            pair.first.stop()
+            pair.second.stop()
+
+
+def test_postgres_down_and_back_keeps_cached_callers_working_and_loses_no_audit_row(tmp_path: Path) -> None:
+    with PrivatePostgres() as postgres:
+        database_url = postgres.create_database("mcp")
+        server = prepare_server(tmp_path, database_url=database_url, DATABASE_CONN_MAX_AGE="60")
+        create_users(server.env, (*USER, {}))
+        server.start()
+        try:
+            browser = Browser(server.url)
+            assert browser.login(*USER).status_code == 302
+            used = obtain_token(server.url, browser, resource=server.url)["access_token"]
+            unused = obtain_token(server.url, browser, resource=server.url)["access_token"]
+            session = MCPHttp(server.url, used)
+            session.initialize()
+
+            postgres.stop()
+            # A caller whose token was checked before keeps working; its calls are audited later.
+            for n in range(3):
+                assert session.call("add", {"a": n, "b": 100})["result"]["content"][0]["text"] == str(n + 100)
+            # A token never seen needs the database: a retryable 503, not a 500.
+            assert_retryable(post(f"{server.url}/mcp", unused, initialize_body()))
+            health = httpx.get(f"{server.url}/healthz", timeout=10)
+            assert health.status_code == 503 and health.json()["checks"]["database"].startswith("error")
+
+            postgres.start()
+            wait_healthy(server)
+            again = MCPHttp(server.url, unused)
+            again.initialize()
+            again.close()
+
+            def rows() -> int:
+                return server.sql(
+                    "SELECT COUNT(*) FROM mcpapp_toolcall WHERE tool = 'add' AND arguments_bytes > 0"
+                )[0][0]
+
+            deadline = time.monotonic() + 15
+            while rows() < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert rows() == 3
+            session.close()
+        finally:
+            server.stop()
+
+
+def rss_kib(server: LiveServer) -> int:
+    assert server.process is not None
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+async def hold_sessions(url: str, token: str, count: int, idle_seconds: float, during: Any) -> None:
+    """Open `count` legacy SSE sessions and `count` Streamable HTTP sessions, keep them idle
+    for `idle_seconds` (calling `during(elapsed)` now and then), then close them all."""
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=2 * count + 10, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        streams = []
+        for _ in range(count):
+            stream = http.stream("GET", "/sse", headers={**headers, "Accept": "text/event-stream"})
+            response = await stream.__aenter__()
+            lines = response.aiter_lines()
+            while not (await lines.__anext__()).startswith("data: /sse/message"):
+                pass
+            streams.append(stream)
+        sessions = []
+        for _ in range(count):
+            opened = await http.post(
+                "/mcp",
+                json=initialize_body(),
+                headers={**headers, "Accept": ACCEPT, "Content-Type": "application/json"},
+            )
+            assert opened.status_code == 200
+            sessions.append(opened.headers["mcp-session-id"])
+        began = time.monotonic()
+        while (elapsed := time.monotonic() - began) < idle_seconds:
+            during(elapsed)
+            await asyncio.sleep(1)
+        for stream in streams:
+            await stream.__aexit__(None, None, None)
+        for sid in sessions:
+            deleted = await http.delete(
+                "/mcp", headers={**headers, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"}
+            )
+            assert deleted.status_code == 200
+
+
+def test_memory_stays_flat_with_hundreds_of_idle_sessions_and_returns_after(tmp_path: Path) -> None:
+    server = prepare_server(tmp_path, MCP_KEEPALIVE_SECONDS="1")
+    create_users(server.env, (*USER, {}))
+    server.start()
+    try:
+        browser = Browser(server.url)
+        assert browser.login(*USER).status_code == 302
+        token = obtain_token(server.url, browser, resource=server.url)["access_token"]
+        count = 150
+        # A first round warms every pool and cache up; its end is the baseline.
+        asyncio.run(hold_sessions(server.url, token, count, 1, lambda elapsed: None))
+        time.sleep(2)
+        baseline = rss_kib(server)
+        samples: list[tuple[float, int]] = []
+        asyncio.run(
+            hold_sessions(
+                server.url, token, count, 12, lambda elapsed: samples.append((elapsed, rss_kib(server)))
+            )
+        )
+        time.sleep(2)
+        after = rss_kib(server)
+    finally:
+        server.stop()
+    # Idle sessions (with a keep-alive every second) hold a steady RSS: no growth past the
+    # first seconds of the idle period.
+    settled = [kib for elapsed, kib in samples if elapsed >= 2]
+    assert max(settled) - min(settled) < 2048, samples
+    # Closed, they give their memory back: within a few MiB of the baseline.
+    assert after - baseline < 4096, (baseline, after)
