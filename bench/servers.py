@@ -214,7 +214,8 @@ def start_ours_local(stack: ExitStack, work: Path, logs: Path, cpu: int | None) 
         env.pop(name, None)
     manage(env, "migrate", "--noinput")
     create_user(env, *USER)
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "mcpsite.asgi:application"]
+    # As `make run` serves (without --reload, which only adds a watcher process).
+    argv = [sys.executable, "manage.py", "serve", "-b", "127.0.0.1", "-p", str(port)]
     server = launch("ours-local", argv, env, logs, cpu, port)
     stack.callback(server.stop)
     server.database_url = database_url
