@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -20,14 +22,19 @@ from django.views.decorators.http import require_POST
 from oauth2_provider import views as dot_views
 from oauth2_provider.exceptions import OAuthToolkitError
 from oauth2_provider.http import OAuth2ResponseRedirect
-from oauth2_provider.models import AccessToken
 from oauth2_provider.oauth2_backends import _add_iss_to_redirect
+from oauth2_provider.views.introspect import IntrospectTokenView
 from oauthlib.oauth2.rfc6749.errors import CustomOAuth2Error
 
 from . import selectors, services
+from .forms import LoginForm
 from .middleware import LOGIN_ERROR_SESSION_KEY
 from .models import Application
 from .registration import RegistrationError, parse_client_metadata
+from .throttle import client_address, registration_allowed
+
+# The grants this server offers; any other grant_type is unsupported_grant_type (RFC 6749 5.2).
+OFFERED_GRANT_TYPES = ("authorization_code", "refresh_token")
 
 
 def oauth_error(error: str, description: str, status: int = 400, **headers: str) -> JsonResponse:
@@ -39,12 +46,28 @@ def oauth_error(error: str, description: str, status: int = 400, **headers: str)
     return response
 
 
-def client_address(request: HttpRequest) -> str | None:
-    if settings.BEHIND_PROXY:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return forwarded.split(",")[-1].strip() or None
-    return request.META.get("REMOTE_ADDR") or None
+def form_body_refusal(request: HttpRequest) -> HttpResponse | None:
+    """A form-encoded OAuth request body that cannot be read, as an RFC 6749 error (else None).
+
+    Too large (OAUTH_MAX_BODY_BYTES), too many fields (DATA_UPLOAD_MAX_NUMBER_FIELDS) or a
+    broken multipart body would otherwise meet Django's HTML 400 page.
+    """
+    limit = settings.OAUTH_MAX_BODY_BYTES
+    too_large = oauth_error("invalid_request", f"The request body is limited to {limit} bytes", status=413)
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if not length.isdigit() or int(length) > limit:
+        return too_large
+    try:
+        if len(request.body) > limit:  # a chunked body has no Content-Length to check
+            return too_large
+        request.POST  # noqa: B018 (parsed here, where its errors can be answered)
+    except RequestDataTooBig:
+        return too_large
+    except TooManyFieldsSent:
+        return oauth_error("invalid_request", "The request body has too many fields")
+    except MultiPartParserError:
+        return oauth_error("invalid_request", "The request body is not a valid form")
+    return None
 
 
 # --- Discovery -------------------------------------------------------------------------------
@@ -105,7 +128,7 @@ class RegisterView(View):
         if not length.isdigit() or int(length) > limit:
             return too_large
         address = client_address(request)
-        if not self._within_rate_limit(address):
+        if not registration_allowed(address=address):
             return oauth_error(
                 "invalid_request",
                 "Too many registrations from this address; try again later",
@@ -128,20 +151,6 @@ class RegisterView(View):
         response = JsonResponse(client.response(metadata), status=201)
         response["Cache-Control"] = "no-store"
         return response
-
-    @staticmethod
-    def _within_rate_limit(address: str | None) -> bool:
-        limit = settings.REGISTRATION_RATE_LIMIT
-        if limit <= 0:
-            return True
-        key = f"oauthapp:register:{hashlib.sha256((address or '-').encode()).hexdigest()[:32]}"
-        cache.add(key, 0, settings.REGISTRATION_RATE_WINDOW)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, settings.REGISTRATION_RATE_WINDOW)
-            count = 1
-        return count <= limit
 
 
 # --- Authorization -----------------------------------------------------------------------------
@@ -187,8 +196,9 @@ class AuthorizeView(dot_views.AuthorizationView):
             if resources:
                 credentials["resource"] = resources
             try:
-                uri, _headers, _body, _status = self.create_authorization_response(
-                    request=request, scopes=" ".join(scopes), credentials=credentials, allow=True
+                # The base class's: an approval remembered is not a consent given again.
+                uri, _headers, _body, _status = dot_views.AuthorizationView.create_authorization_response(
+                    self, request=request, scopes=" ".join(scopes), credentials=credentials, allow=True
                 )
             except OAuthToolkitError as error:
                 return self.error_response(error, application)
@@ -200,23 +210,29 @@ class AuthorizeView(dot_views.AuthorizationView):
         unknown = [r for r in resources if not selectors.resource_is_known(r)]
         if unknown:
             return self._invalid_target(form.cleaned_data, unknown[0])
-        response = super().form_valid(form)
-        if form.cleaned_data.get("allow") and response.status_code == 302:
-            location = response.get("Location", "")
-            if "code=" in location:
-                application = Application.objects.get(client_id=form.cleaned_data["client_id"])
-                services.consent_record(
-                    user=self.request.user,
-                    application=application,
-                    scopes=form.cleaned_data.get("scope", "").split(),
-                )
-        return response
+        return super().form_valid(form)
+
+    def create_authorization_response(
+        self, request: HttpRequest, scopes: str, credentials: dict[str, Any], allow: bool
+    ) -> tuple[str, dict[str, str], str, int]:
+        """The user answered the consent page: remember an approval once the code is minted."""
+        application = Application.objects.get(client_id=credentials["client_id"])
+        if not allow:
+            services.consent_deny(user=request.user, application=application, address=client_address(request))
+            return super().create_authorization_response(request, scopes, credentials, allow)
+        with transaction.atomic():
+            result = super().create_authorization_response(request, scopes, credentials, allow)
+            services.consent_record(
+                user=request.user,
+                application=application,
+                scopes=scopes.split(),
+                address=client_address(request),
+            )
+        return result
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         redirect_uri = context.get("redirect_uri") or ""
-        from urllib.parse import urlsplit
-
         context["redirect_host"] = urlsplit(redirect_uri).netloc if redirect_uri else ""
         return context
 
@@ -241,27 +257,73 @@ class AuthorizeView(dot_views.AuthorizationView):
 
 @method_decorator(csrf_exempt, name="dispatch")
 class TokenView(dot_views.TokenView):
-    """The token endpoint; records when the client was last used."""
+    """The token endpoint: only the grants we offer, and each request all or nothing.
+
+    The whole exchange runs in one transaction: a request that fails on the way (the
+    database or cache went away) stores nothing, so its code or refresh token still works
+    for the retry; the validator's row locks serialise concurrent uses of one code or token.
+    What happens after a token is issued (client last used, the event) is the
+    `app_authorized` receiver's (oauthapp.signals), inside the same transaction.
+    """
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = super().post(request, *args, **kwargs)
+        refusal = form_body_refusal(request)
+        if refusal is not None:
+            return refusal
+        grant_type = request.POST.get("grant_type")
+        if not grant_type:
+            return oauth_error("invalid_request", "grant_type is required")
+        if grant_type not in OFFERED_GRANT_TYPES:
+            return oauth_error(
+                "unsupported_grant_type",
+                f"This server offers the {' and '.join(OFFERED_GRANT_TYPES)} grants only",
+            )
+        with transaction.atomic():
+            response = self.authorization_flow_token_response(request)
         # Errors raised while saving the token (our RFC 8707 invalid_target among them) reach
         # DOT's backend outside oauthlib's handler and come back without a Content-Type.
         response["Content-Type"] = "application/json"
         response["Cache-Control"] = "no-store"
         response["Pragma"] = "no-cache"
-        if response.status_code == 200:
-            try:
-                raw = json.loads(response.content).get("access_token", "")
-            except ValueError:
-                raw = ""
-            if raw:
-                checksum = hashlib.sha256(raw.encode()).hexdigest()
-                token = AccessToken.objects.filter(token_checksum=checksum).values(
-                    "application_id", "user_id"
-                )
-                for row in token[:1]:
-                    services.client_mark_used(application_id=row["application_id"], user_id=row["user_id"])
+        return response
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class RevokeView(dot_views.RevokeTokenView):
+    """RFC 7009 revocation, with the body checks of the token endpoint."""
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        refusal = form_body_refusal(request)
+        if refusal is not None:
+            return refusal
+        with transaction.atomic():
+            return super().post(request, *args, **kwargs)
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class IntrospectView(View):
+    """RFC 7662 introspection, for resource servers only (RFC 7662 section 4).
+
+    A client may introspect only when an operator marked it a resource server in admin; any
+    other caller, registered or not, gets 401 invalid_client and learns nothing of the token.
+    """
+
+    http_method_names = ["post", "options"]
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        refusal = form_body_refusal(request)
+        if refusal is not None:
+            return refusal
+        if selectors.resource_server_authenticate(request=request) is None:
+            return oauth_error(
+                "invalid_client",
+                "Only resource servers known to this server may introspect tokens",
+                status=401,
+                WWW_Authenticate='Basic realm="introspection"',
+            )
+        token = request.POST.get("token")
+        response = IntrospectTokenView.get_token_response(token)
+        response["Cache-Control"] = "no-store"
         return response
 
 
@@ -273,6 +335,7 @@ class LoginView(auth_views.LoginView):
 
     template_name = "registration/login.html"
     redirect_authenticated_user = True
+    form_class = LoginForm
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
