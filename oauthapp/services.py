@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
 from django.db import transaction
@@ -62,9 +63,16 @@ def oauth_event_record(
     if user is not None:
         user_id = user.pk
         username = username or user.get_username()
+    elif user_id is not None and not username:
+        model = get_user_model()
+        username = model.objects.filter(pk=user_id).values_list(model.USERNAME_FIELD, flat=True).first() or ""
     if application is not None:
         application_id = application.pk
         client_name = client_name or application.display_name
+    elif application_id is not None and not client_name:
+        client_name = (
+            Application.objects.filter(pk=application_id).values_list("name", flat=True).first() or ""
+        )
     return OAuthEvent.objects.create(
         kind=kind,
         user_id=user_id,
@@ -315,10 +323,6 @@ def refresh_family_revoke(*, refresh_token: RefreshToken, address: str | None, r
             kind=OAuthEvent.Kind.REFRESH_REUSE,
             user_id=refresh_token.user_id,
             application_id=refresh_token.application_id,
-            client_name=Application.objects.filter(pk=refresh_token.application_id)
-            .values_list("name", flat=True)
-            .first()
-            or "",
             address=address,
             detail={"reason": reason},
         )
