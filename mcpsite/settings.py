@@ -137,6 +137,9 @@ SILENCED_SYSTEM_CHECKS = [
     "oauth2_provider.W008",
     # HSTS preload: see SECURE_HSTS_PRELOAD above.
     "security.W021",
+    # axes' middleware only swaps the page answering a throttled login for a lockout page;
+    # ours answers it exactly as a wrong password (oauthapp.throttle), which the login view does.
+    "axes.W002",
 ]
 
 INSTALLED_APPS = [
@@ -171,7 +174,6 @@ MIDDLEWARE = [
     "oauthapp.middleware.SocialAuthErrorMiddleware",
     # A database or cache outage in a view: 503 (OAuth JSON or a short page), never a 500.
     "oauthapp.middleware.BackendOutageMiddleware",
-    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "mcpsite.urls"
@@ -270,7 +272,6 @@ AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_LOCKOUT_SECONDS)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]  # order matters: see the handler
 AXES_HANDLER = "oauthapp.throttle.LoginThrottleHandler"
 AXES_CLIENT_IP_CALLABLE = "oauthapp.throttle.client_address"  # BEHIND_PROXY aware
-AXES_LOCKOUT_CALLABLE = "oauthapp.throttle.lockout_response"  # a locked login looks like a wrong one
 AXES_RESET_ON_SUCCESS = True
 # A locked-out user who keeps trying does not extend their own lock.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False

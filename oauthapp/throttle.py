@@ -18,7 +18,7 @@ from axes.handlers.database import AxesDatabaseHandler
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
@@ -78,19 +78,6 @@ class LoginThrottleHandler(AxesDatabaseHandler):
         if per_address >= settings.LOGIN_ADDRESS_FAILURE_LIMIT:
             return max(per_user, settings.AXES_FAILURE_LIMIT)
         return per_user
-
-
-def lockout_response(
-    request: HttpRequest, original_response: HttpResponse | None, credentials: dict[str, Any] | None = None
-) -> HttpResponse:
-    """AXES_LOCKOUT_CALLABLE: answer a locked attempt exactly as a wrong password is answered.
-
-    The login form (ours or admin's) already refused the attempt, since the axes backend
-    refused to authenticate; its page carries the one message for both cases.
-    """
-    if original_response is not None:
-        return original_response
-    return HttpResponse(login_refused_message(), status=200, content_type="text/plain; charset=utf-8")
 
 
 def login_refused_message() -> str:
