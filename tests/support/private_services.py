@@ -152,8 +152,8 @@ class PrivatePostgres:
             os.chown(self.directory, account.pw_uid, account.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
         self._run(
-            self._as_user
-            + [
+            [
+                *self._as_user,
                 self.initdb,
                 "-D",
                 str(self.data),
@@ -166,7 +166,7 @@ class PrivatePostgres:
                 "UTF8",
             ]
         )
-        self._run(self._as_user + ["mkdir", "-p", str(self.socket_dir)])
+        self._run([*self._as_user, "mkdir", "-p", str(self.socket_dir)])
         self._started = False
 
     @staticmethod
@@ -181,8 +181,8 @@ class PrivatePostgres:
     def start(self, timeout: float = 30) -> PrivatePostgres:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.socket_dir} -c fsync=off"
         self._run(
-            self._as_user
-            + [
+            [
+                *self._as_user,
                 self.pg_ctl,
                 "-D",
                 str(self.data),
@@ -205,7 +205,7 @@ class PrivatePostgres:
         """Fast shutdown of our cluster (pg_ctl reads its own postmaster.pid)."""
         if not self._started:
             return
-        self._run(self._as_user + [self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        self._run([*self._as_user, self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
         self._started = False
 
     def create_database(self, name: str) -> str:
