@@ -285,6 +285,8 @@ class TokenView(dot_views.TokenView):
         response["Content-Type"] = "application/json"
         response["Cache-Control"] = "no-store"
         response["Pragma"] = "no-cache"
+        if response.status_code == 503:  # temporarily_unavailable (GitHub could not be asked)
+            response["Retry-After"] = str(settings.OUTAGE_RETRY_AFTER_SECONDS)
         return response
 
 
