@@ -147,7 +147,8 @@ def test_a_login_refused_by_the_policy_is_recorded(
     back = log_in_with_github(browser)
     assert back.status_code == 302
     recorded = policy_server.sql(
-        "SELECT address, detail FROM oauthapp_oauthevent WHERE kind = 'github_policy_refused' AND username = ?",
+        "SELECT address, detail FROM oauthapp_oauthevent "
+        "WHERE kind = 'github_policy_refused' AND username = ?",
         (outsider.login,),
     )
     assert len(recorded) == 1
