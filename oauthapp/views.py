@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.core.exceptions import BadRequest, RequestDataTooBig, TooManyFieldsSent
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.http.multipartparser import MultiPartParserError
@@ -65,9 +65,17 @@ def form_body_refusal(request: HttpRequest) -> HttpResponse | None:
         return too_large
     except TooManyFieldsSent:
         return oauth_error("invalid_request", "The request body has too many fields")
-    except MultiPartParserError:
-        return oauth_error("invalid_request", "The request body is not a valid form")
+    except (MultiPartParserError, BadRequest) as exc:  # BadRequest: a form body not in UTF-8
+        return oauth_error("invalid_request", f"The request body is not a valid form ({exc})"[:200])
     return None
+
+
+class JsonMethodNotAllowed:
+    """A wrong HTTP method on an OAuth endpoint is an RFC 6749 style JSON error too."""
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        allowed = ", ".join(m.upper() for m in self.http_method_names if hasattr(self, m))  # type: ignore[attr-defined]
+        return oauth_error("invalid_request", f"Use {allowed}", status=405, Allow=allowed)
 
 
 # --- Discovery -------------------------------------------------------------------------------
@@ -114,7 +122,7 @@ class ProtectedResourceMetadataView(dot_views.OAuthProtectedResourceMetadataView
 
 
 @method_decorator(csrf_exempt, name="dispatch")
-class RegisterView(View):
+class RegisterView(JsonMethodNotAllowed, View):
     """Open dynamic client registration, as MCP requires, behind a size cap and a rate limit."""
 
     http_method_names = ["post", "options"]
@@ -256,7 +264,7 @@ class AuthorizeView(dot_views.AuthorizationView):
 
 
 @method_decorator(csrf_exempt, name="dispatch")
-class TokenView(dot_views.TokenView):
+class TokenView(JsonMethodNotAllowed, dot_views.TokenView):
     """The token endpoint: only the grants we offer, and each request all or nothing.
 
     The whole exchange runs in one transaction: a request that fails on the way (the
@@ -291,7 +299,7 @@ class TokenView(dot_views.TokenView):
 
 
 @method_decorator(csrf_exempt, name="dispatch")
-class RevokeView(dot_views.RevokeTokenView):
+class RevokeView(JsonMethodNotAllowed, dot_views.RevokeTokenView):
     """RFC 7009 revocation, with the body checks of the token endpoint."""
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -303,7 +311,7 @@ class RevokeView(dot_views.RevokeTokenView):
 
 
 @method_decorator(csrf_exempt, name="dispatch")
-class IntrospectView(View):
+class IntrospectView(JsonMethodNotAllowed, View):
     """RFC 7662 introspection, for resource servers only (RFC 7662 section 4).
 
     A client may introspect only when an operator marked it a resource server in admin; any
