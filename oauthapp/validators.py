@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.db import transaction
@@ -102,7 +102,7 @@ class MCPOAuth2Validator(OAuth2Validator):
             )
         return super().validate_code(client_id, code, client, request, *args, **kwargs)
 
-    def _refuse_unknown_code(self, code: str, client: Any, request: Any) -> None:
+    def _refuse_unknown_code(self, code: str, client: Any, request: Any) -> NoReturn:
         spent = (
             SpentAuthorizationCode.objects.filter(code_checksum=services.token_checksum(code))
             .select_related("application")

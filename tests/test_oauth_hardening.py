@@ -200,16 +200,22 @@ def test_introspection_by_a_self_registered_client_is_refused_and_learns_nothing
 ) -> None:
     victim = obtain(OAuthClient.register(server.url), alice_browser)
     snoop = OAuthClient.register(server.url, token_endpoint_auth_method="client_secret_basic")
-    for kwargs in (
-        {"auth": (snoop.client_id, snoop.client_secret)},
-        {"data_extra": {"client_id": snoop.client_id, "client_secret": snoop.client_secret}},
-        {"headers": {"Authorization": f"Bearer {victim['access_token']}"}},
-        {},
-    ):
-        extra = kwargs.pop("data_extra", {})
-        response = httpx.post(
-            f"{server.url}/introspect", data={"token": victim["access_token"], **extra}, **kwargs
-        )
+    assert snoop.client_secret
+    token = {"token": victim["access_token"]}
+    attempts = [
+        httpx.post(f"{server.url}/introspect", data=token, auth=(snoop.client_id, snoop.client_secret)),
+        httpx.post(
+            f"{server.url}/introspect",
+            data={**token, "client_id": snoop.client_id, "client_secret": snoop.client_secret},
+        ),
+        httpx.post(
+            f"{server.url}/introspect",
+            data=token,
+            headers={"Authorization": f"Bearer {victim['access_token']}"},
+        ),
+        httpx.post(f"{server.url}/introspect", data=token),
+    ]
+    for response in attempts:
         body = assert_refused(response, "invalid_client", status=401)
         assert "active" not in body and "username" not in response.text
         assert response.headers["www-authenticate"].startswith("Basic")
