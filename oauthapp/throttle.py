@@ -10,6 +10,7 @@ can tell a locked account from a wrong password.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -24,13 +25,26 @@ from redis.exceptions import RedisError
 logger = logging.getLogger(__name__)
 
 
+def _ip(value: object) -> str | None:
+    try:
+        return str(ipaddress.ip_address(str(value or "").strip()))
+    except ValueError:
+        return None
+
+
 def address_from_meta(meta: Mapping[str, Any]) -> str | None:
-    """The client's address: REMOTE_ADDR, or behind our proxy the address it appended last."""
+    """The client's address: REMOTE_ADDR, or behind our proxy the address it appended last.
+
+    Always an IP address or None: it is stored in IP columns (PostgreSQL's inet refuses
+    anything else), and a forwarded header that is not one is ignored.
+    """
     if settings.BEHIND_PROXY:
         forwarded = str(meta.get("HTTP_X_FORWARDED_FOR") or "")
         if forwarded:
-            return forwarded.split(",")[-1].strip() or None
-    return str(meta.get("REMOTE_ADDR") or "") or None
+            address = _ip(forwarded.split(",")[-1])
+            if address is not None:
+                return address
+    return _ip(meta.get("REMOTE_ADDR"))
 
 
 def client_address(request: HttpRequest) -> str | None:

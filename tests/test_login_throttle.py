@@ -125,3 +125,21 @@ def test_operators_see_and_lift_locks_in_admin(throttled: LiveServer) -> None:
     assert lifted.status_code == 302
     assert log_in(throttled, address, *CAROL).status_code == 302
     operator.close()
+
+
+@pytest.mark.parametrize("forwarded", ["not-an-address", "", "999.1.1.1", "203.0.113.7, <script>"])
+def test_a_forwarded_header_that_is_not_an_address_falls_back_to_the_peer(
+    throttled: LiveServer, forwarded: str
+) -> None:
+    name = f"forwarded-{abs(hash(forwarded))}"
+    response = httpx.post(
+        f"{throttled.url}/register",
+        json={"client_name": name, "redirect_uris": ["http://localhost:3000/cb"]},
+        headers={"X-Forwarded-For": forwarded},
+    )
+    assert response.status_code == 201, response.text
+    assert throttled.sql("SELECT registered_from FROM oauthapp_application WHERE name = ?", (name,)) == [
+        ("127.0.0.1",)
+    ]
+    refused = log_in(throttled, forwarded, name, "wrong-password")
+    assert_refused(refused)
