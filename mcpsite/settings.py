@@ -172,8 +172,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "oauthapp.middleware.FrameAncestorsMiddleware",
     "oauthapp.middleware.SocialAuthErrorMiddleware",
-    # A database or cache outage in a view: 503 (OAuth JSON or a short page), never a 500.
-    "oauthapp.middleware.BackendOutageMiddleware",
+    # A database or cache outage in a view: 503 (OAuth JSON or a short page); a value the
+    # database refuses: 400. Never a 500.
+    "oauthapp.middleware.BackendErrorMiddleware",
 ]
 
 ROOT_URLCONF = "mcpsite.urls"

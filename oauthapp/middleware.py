@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.db import DataError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import resolve_url
 from django.template.loader import render_to_string
@@ -52,8 +53,26 @@ def outage_response(request: HttpRequest) -> HttpResponse:
     return response
 
 
-class BackendOutageMiddleware:
-    """Turn a database or cache outage raised by a view into a retryable 503."""
+def refused_value_response(request: HttpRequest) -> HttpResponse:
+    """400 for input the database refuses to store or compare (PostgreSQL: NUL characters)."""
+    description = "The request carries a value this server cannot process (a NUL character?)"
+    if request.path.startswith(OAUTH_API_PATHS):
+        response: HttpResponse = JsonResponse(
+            {"error": "invalid_request", "error_description": description}, status=400
+        )
+    else:
+        html = render_to_string(
+            "oauthapp/unavailable.html", {"server_name": settings.MCP_SERVER_NAME, "refused": description}
+        )
+        response = HttpResponse(html, status=400)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class BackendErrorMiddleware:
+    """A database or cache outage raised by a view is a retryable 503; a value the database
+    refuses (DataError: a NUL character in a client_id, say, on PostgreSQL) is the request's
+    fault, a 400. Neither is a 500 or a traceback."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -62,6 +81,9 @@ class BackendOutageMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, DataError):
+            logger.warning("%s %s: the database refused a value: %s", request.method, request.path, exception)
+            return refused_value_response(request)
         if not is_outage(exception):
             return None
         logger.warning(
@@ -79,8 +101,11 @@ def server_error(request: HttpRequest) -> HttpResponse:
 
     Anything else is a bug: a plain 500 (JSON on the OAuth endpoints) without details.
     """
-    if is_outage(sys.exc_info()[1]):
+    error = sys.exc_info()[1]
+    if is_outage(error):
         return outage_response(request)
+    if isinstance(error, DataError):
+        return refused_value_response(request)
     if request.path.startswith(OAUTH_API_PATHS):
         return JsonResponse(
             {"error": "server_error", "error_description": "The server failed; this is logged."}, status=500

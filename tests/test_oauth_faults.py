@@ -237,3 +237,38 @@ def test_a_code_exchanged_at_two_workers_at_once_succeeds_once(
         won = next(answer for answer in answers if answer.status_code == 200).json()
         assert not token_exists(first, won["access_token"])
     browser.close()
+
+
+NUL_INPUTS = {
+    "code": ("POST", "/token", {"data": {"grant_type": "authorization_code", "code": "a\x00"}}),
+    "client_id": (
+        "POST",
+        "/token",
+        {"data": {"grant_type": "authorization_code", "code": "c", "client_id": "x\x00"}},
+    ),
+    "authorize": ("GET", "/authorize", {"params": {"client_id": "x\x00", "response_type": "code"}}),
+    "revoke": ("POST", "/revoke", {"data": {"token": "t", "client_id": "x\x00"}}),
+    "introspect-basic": ("POST", "/introspect", {"data": {"token": "t"}, "auth": ("x\x00", "secret")}),
+    "introspect-post": (
+        "POST",
+        "/introspect",
+        {"data": {"token": "t", "client_id": "\x00", "client_secret": "s"}},
+    ),
+    "login-next": ("GET", "/login", {"params": {"next": "/authorize?client_id=x%00"}}),
+}
+
+
+@pytest.mark.parametrize("method, path, kwargs", NUL_INPUTS.values(), ids=NUL_INPUTS.keys())
+def test_a_nul_character_postgresql_cannot_compare_is_a_400_not_a_500(
+    two_workers: tuple[LiveServer, LiveServer], method: str, path: str, kwargs: dict[str, object]
+) -> None:
+    server, _other = two_workers
+    data = kwargs.get("data")
+    if isinstance(data, dict) and path == "/token" and "client_id" not in data:
+        data["client_id"] = OAuthClient.register(server.url).client_id  # so the code itself is looked up
+    response = httpx.request(method, f"{server.url}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == 400, (kwargs, response.text)
+    if path in ("/authorize", "/login"):
+        assert "This request cannot be processed" in response.text
+    else:
+        assert response.json()["error"] == "invalid_request"
