@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 
 from tests.support.live import ALICE, LiveServer, create_users, prepare_server
 from tests.support.oauth import Browser, obtain_token
+from tests.support.services import _reachable, fresh_postgres_database
 
 settings.register_profile(
     "ci",
@@ -164,8 +166,20 @@ def headers(draw: st.DrawFn, token: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, str]]:
+    """The server under fuzz: on PostgreSQL when the service is there (CI), which refuses
+    more than SQLite does (NUL characters), else on SQLite."""
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    server = prepare_server(tmp, LOGIN_FAILURE_LIMIT="1000", LOGIN_ADDRESS_FAILURE_LIMIT="1000")
+    with ExitStack() as stack:
+        database_url = None
+        if os.environ.get("CI", "").lower() == "true" or _reachable("127.0.0.1", 5432):
+            database_url = stack.enter_context(fresh_postgres_database())
+        yield from _fuzzed_server(tmp, database_url)
+
+
+def _fuzzed_server(tmp: Path, database_url: str | None) -> Iterator[tuple[LiveServer, str]]:
+    server = prepare_server(
+        tmp, database_url=database_url, LOGIN_FAILURE_LIMIT="1000", LOGIN_ADDRESS_FAILURE_LIMIT="1000"
+    )
     assert server.env["DEBUG"] == "false"
     create_users(server.env, (*ALICE, {}))
     server.start()
