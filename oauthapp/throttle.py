@@ -93,6 +93,16 @@ class LoginThrottleHandler(AxesDatabaseHandler):
             return max(per_user, settings.AXES_FAILURE_LIMIT)
         return per_user
 
+    def reset_user_attempts(self, request: HttpRequest, credentials: dict[str, Any] | None = None) -> int:
+        """A successful login forgets that user's own failures from that address only.
+
+        axes would reset every parameter set, the address's too: whoever holds one valid
+        account could then clear the spraying count by logging in between guesses.
+        """
+        per_user = self.filter_user_attempts(request, credentials)[0]
+        count, _ = per_user.delete()
+        return count
+
 
 def login_refused_message() -> str:
     """The one message for a wrong password and a throttled login alike."""

@@ -143,3 +143,13 @@ def test_a_forwarded_header_that_is_not_an_address_falls_back_to_the_peer(
     ]
     refused = log_in(throttled, forwarded, name, "wrong-password")
     assert_refused(refused)
+
+
+def test_a_successful_login_does_not_clear_the_spraying_count_of_its_address(throttled: LiveServer) -> None:
+    address = next(_addresses)
+    for n in range(3):
+        assert_refused(log_in(throttled, address, f"guess-{n}", "Winter2026!"))
+    assert log_in(throttled, address, *DAVE).status_code == 302  # the sprayer's own valid account
+    for n in range(3, 6):
+        assert_refused(log_in(throttled, address, f"guess-{n}", "Winter2026!"))
+    assert_refused(log_in(throttled, address, *CAROL))
