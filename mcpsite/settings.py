@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -160,6 +161,9 @@ SILENCED_SYSTEM_CHECKS = [
     "oauth2_provider.W008",
     # HSTS preload: see SECURE_HSTS_PRELOAD above.
     "security.W021",
+    # axes' middleware only swaps the page answering a throttled login for a lockout page;
+    # ours answers it exactly as a wrong password (oauthapp.throttle), which the login view does.
+    "axes.W002",
 ]
 
 INSTALLED_APPS = [
@@ -174,6 +178,7 @@ INSTALLED_APPS = [
     "corsheaders",
     "oauth2_provider",
     "social_django",
+    "axes",
     "channels",
     "oauthapp",
     "mcpapp",
@@ -192,6 +197,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "oauthapp.middleware.FrameAncestorsMiddleware",
     "oauthapp.middleware.SocialAuthErrorMiddleware",
+    # A database or cache outage in a view: 503 (OAuth JSON or a short page); a value the
+    # database refuses: 400. Never a 500.
+    "oauthapp.middleware.BackendErrorMiddleware",
 ]
 
 ROOT_URLCONF = "mcpsite.urls"
@@ -252,6 +260,8 @@ else:
 # --- Auth -----------------------------------------------------------------------------------
 
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a throttled login before any password is checked (oauthapp.throttle).
+    "axes.backends.AxesStandaloneBackend",
     "oauthapp.github.GithubBackend",  # always listed, so GitHub sessions survive a config change
     "django.contrib.auth.backends.ModelBackend",
 ]
@@ -270,6 +280,23 @@ PASSWORD_HASHERS = [
     "oauthapp.hashers.ClientSecretHasher",
 ]
 LOGIN_URL = "login"
+
+# Login throttling (django-axes) on /login and /admin/login/: LOGIN_FAILURE_LIMIT failures
+# lock that username from that address; LOGIN_ADDRESS_FAILURE_LIMIT failures from one address
+# (any usernames) lock the address. Locks last LOGIN_LOCKOUT_SECONDS; operators see and lift
+# them in admin (Axes → Access attempts: delete the row).
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("LOGIN_ADDRESS_FAILURE_LIMIT", 30, minimum=LOGIN_FAILURE_LIMIT)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_LOCKOUT_SECONDS)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]  # order matters: see the handler
+AXES_HANDLER = "oauthapp.throttle.LoginThrottleHandler"
+AXES_CLIENT_IP_CALLABLE = "oauthapp.throttle.client_address"  # BEHIND_PROXY aware
+AXES_RESET_ON_SUCCESS = True
+# A locked-out user who keeps trying does not extend their own lock.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_VERBOSE = False
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 
@@ -277,8 +304,9 @@ LOGOUT_REDIRECT_URL = "home"
 
 MCP_SCOPE = "mcp"
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauthapp.Application"
-# Not swapped; named because a migration that points at a swappable model needs the setting.
+# The toolkit's own token models, named so our models can point at them (swappable models).
 OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
+OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL = "oauth2_provider.RefreshToken"
 ACCESS_TOKEN_LIFETIME = env_int("ACCESS_TOKEN_LIFETIME", 3600, minimum=120)
 REFRESH_TOKEN_LIFETIME = env_int("REFRESH_TOKEN_LIFETIME", 30 * 24 * 3600, minimum=ACCESS_TOKEN_LIFETIME)
 AUTHORIZATION_CODE_LIFETIME = env_int("AUTHORIZATION_CODE_LIFETIME", 60, minimum=10)
@@ -307,6 +335,9 @@ OAUTH2_PROVIDER = {
     "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
     "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
     "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    # The toolkit's own grace period needs plaintext tokens at rest (its check E001); ours,
+    # REFRESH_TOKEN_GRACE_SECONDS below, keeps what it must return sealed instead.
+    "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
     "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
     "COMPLIANT_BCP_RFC9700_PKCE_REQUIRED": True,
     "DCR_ENABLED": True,
@@ -367,6 +398,16 @@ for _entry in NATIVE_REDIRECT_URIS:
             f"NATIVE_REDIRECT_URIS entry {_entry!r} must be a private-use scheme URI such as "
             "com.example.app:/callback (https and loopback http redirects need no listing)."
         )
+
+# A refresh token presented again within this many seconds of its rotation (a client that
+# retried, two tabs) gets the tokens its first use minted; after it, reuse revokes the family.
+REFRESH_TOKEN_GRACE_SECONDS = env_int("REFRESH_TOKEN_GRACE_SECONDS", 5)
+# Bodies of /token, /revoke and /introspect above this are refused (413) before parsing.
+OAUTH_MAX_BODY_BYTES = env_int("OAUTH_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
+# Seconds a client is told to wait (Retry-After) when the database is down.
+OUTAGE_RETRY_AFTER_SECONDS = env_int("OUTAGE_RETRY_AFTER_SECONDS", 5, minimum=1)
+# OAuth events (admin: OAuth events) older than this are deleted by `prune_expired`.
+OAUTH_EVENT_RETENTION_DAYS = env_int("OAUTH_EVENT_RETENTION_DAYS", 90, minimum=1)
 
 # Dynamic client registration policy (RFC 7591): anonymous, so capped and rate limited.
 REGISTRATION_MAX_BODY_BYTES = env_int("REGISTRATION_MAX_BODY_BYTES", 16 * 1024, minimum=1024)
@@ -465,6 +506,11 @@ GITHUB_API_TIMEOUT = env_int("GITHUB_API_TIMEOUT", 10, minimum=1)
 # Both set: the user must pass both. A refused user gets no account.
 GITHUB_ALLOWED_USERS = [name.lower() for name in env_list("GITHUB_ALLOWED_USERS")]
 GITHUB_REQUIRED_ORG = env_str("GITHUB_REQUIRED_ORG")
+# The policy is checked again, through GitHub's API, when a GitHub-only user's tokens are
+# refreshed, at most this often. While GitHub cannot be reached the refresh still works, up to
+# GITHUB_POLICY_MAX_UNVERIFIED_SECONDS after the last successful check; then it is a 503.
+GITHUB_POLICY_RECHECK_SECONDS = env_int("GITHUB_POLICY_RECHECK_SECONDS", 300)
+GITHUB_POLICY_MAX_UNVERIFIED_SECONDS = env_int("GITHUB_POLICY_MAX_UNVERIFIED_SECONDS", 86400)
 _GITHUB_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")
 for _name in [*GITHUB_ALLOWED_USERS, *([GITHUB_REQUIRED_ORG] if GITHUB_REQUIRED_ORG else [])]:
     if not _GITHUB_NAME.match(_name):
@@ -531,7 +577,10 @@ if LOG_FORMAT not in {"plain", "json"}:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "mcpapp.observability.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "mcpapp.observability.RequestIdFilter"},
+        "outage": {"()": "oauthapp.outage.OutageLogFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
         "json": {
@@ -541,7 +590,11 @@ LOGGING = {
         },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id", "outage"],
+        }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
@@ -549,5 +602,7 @@ LOGGING = {
         "oauth2_provider": {"level": env_str("OAUTH_LOG_LEVEL", "WARNING")},
         # The SDK logs every session it opens and closes at INFO.
         "mcp": {"level": env_str("MCP_SDK_LOG_LEVEL", "WARNING")},
+        # axes logs every failed login at WARNING; the OAuth event log records them instead.
+        "axes": {"level": env_str("AXES_LOG_LEVEL", "ERROR")},
     },
 }

@@ -10,3 +10,6 @@ urlpatterns = [
     path("", include("mcpapp.urls")),
     path("", include("oauthapp.urls")),
 ]
+
+# A backend outage met outside a view is a 503 too (oauthapp.middleware).
+handler500 = "oauthapp.middleware.server_error"

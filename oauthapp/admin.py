@@ -18,7 +18,7 @@ from social_django.models import UserSocialAuth
 
 from . import services
 from .github import SECRET_EXTRA_DATA_KEYS
-from .models import Application, Consent, GithubCredential, PersonalAccessToken
+from .models import Application, Consent, GithubCredential, OAuthEvent, PersonalAccessToken
 
 # The admin is this product's, not Django's: its name in the header and the page titles.
 admin.site.site_header = settings.MCP_SERVER_NAME
@@ -72,6 +72,7 @@ class ApplicationAdmin(admin.ModelAdmin):
         "last_used_at",
         "is_enabled",
         "asks_consent",
+        "is_resource_server",
     )
     fieldsets = (
         (None, {"fields": ("name", "client_id", "client_type", "redirect_uris")}),
@@ -91,13 +92,13 @@ class ApplicationAdmin(admin.ModelAdmin):
         (
             "Use",
             {
-                "fields": ("last_used_at", "disabled_at", "updated"),
+                "fields": ("last_used_at", "disabled_at", "updated", "is_resource_server"),
                 "description": "Disable or enable a client with the actions on the client list.",
             },
         ),
         ("Advanced", {"classes": ("collapse",), "fields": ("user", "skip_authorization")}),
     )
-    list_filter = ("registration_source", "client_type", ClientStatusFilter)
+    list_filter = ("registration_source", "client_type", ClientStatusFilter, "is_resource_server")
     search_fields = ("name", "client_id", "redirect_uris")
     list_select_related = ("user",)
     raw_id_fields = ("user",)
@@ -115,7 +116,13 @@ class ApplicationAdmin(admin.ModelAdmin):
         "cimd_expires_at",
         "document_fetched",
     )
-    actions = ("disable_clients", "enable_clients", "revoke_client_tokens")
+    actions = (
+        "disable_clients",
+        "enable_clients",
+        "revoke_client_tokens",
+        "mark_resource_servers",
+        "unmark_resource_servers",
+    )
 
     @admin.display(description="name", ordering="name")
     def display_name(self, obj: Application) -> str:
@@ -171,6 +178,18 @@ class ApplicationAdmin(admin.ModelAdmin):
         for application in queryset:
             services.application_enable(application=application)
         self.message_user(request, f"Enabled {queryset.count()} client(s).", messages.SUCCESS)
+
+    @admin.action(description="Allow selected confidential clients to introspect tokens (resource servers)")
+    def mark_resource_servers(self, request: HttpRequest, queryset: QuerySet[Application]) -> None:
+        count = services.applications_mark_resource_server(applications=queryset, allowed=True)
+        skipped = queryset.count() - count
+        note = f" {skipped} public client(s) skipped: only confidential clients may." if skipped else ""
+        self.message_user(request, f"{count} client(s) may now introspect tokens.{note}", messages.SUCCESS)
+
+    @admin.action(description="Stop selected clients from introspecting tokens")
+    def unmark_resource_servers(self, request: HttpRequest, queryset: QuerySet[Application]) -> None:
+        count = services.applications_mark_resource_server(applications=queryset, allowed=False)
+        self.message_user(request, f"{count} client(s) may no longer introspect tokens.", messages.SUCCESS)
 
     @admin.action(description="Revoke all tokens of selected clients")
     def revoke_client_tokens(self, request: HttpRequest, queryset: QuerySet[Application]) -> None:
@@ -334,3 +353,41 @@ class PersonalAccessTokenAdmin(admin.ModelAdmin):
         for personal_token in queryset:
             services.personal_token_revoke(personal_token=personal_token)
         self.message_user(request, f"Revoked {queryset.count()} personal access token(s).", messages.SUCCESS)
+
+
+@admin.register(OAuthEvent)
+class OAuthEventAdmin(admin.ModelAdmin):
+    """The OAuth event log: read only, filterable by kind, user and client."""
+
+    list_display = ("created", "kind", "username", "client_name", "address", "short_detail")
+    list_filter = (
+        "kind",
+        ("created", admin.DateFieldListFilter),
+        ("user", admin.RelatedOnlyFieldListFilter),
+        ("application", admin.RelatedOnlyFieldListFilter),
+    )
+    search_fields = ("username", "client_name", "application__client_id", "address")
+    list_select_related = ("user", "application")
+    raw_id_fields = ("user", "application")
+    date_hierarchy = "created"
+    readonly_fields = (
+        "kind",
+        "created",
+        "user",
+        "application",
+        "username",
+        "client_name",
+        "address",
+        "detail",
+    )
+
+    @admin.display(description="detail")
+    def short_detail(self, obj: OAuthEvent) -> str:
+        text = ", ".join(f"{key}: {value}" for key, value in sorted(obj.detail.items()))
+        return text[:120]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: OAuthEvent | None = None) -> bool:
+        return False

@@ -40,3 +40,21 @@ def decrypt(ciphertext: str) -> str:
         return _box().decrypt(ciphertext.encode("ascii")).decode()
     except (InvalidToken, UnicodeError) as exc:
         raise DecryptionError("the stored secret cannot be decrypted with this server's keys") from exc
+
+
+def seal(plaintext: str, *, passphrase: str) -> str:
+    """Encrypt under SECRET_KEY and `passphrase` together: opening it needs both.
+
+    Used for what a refresh token was exchanged for: sealed under that (hashed at rest)
+    refresh token, only whoever presents it again can read the result.
+    """
+    return _fernet_for(f"{settings.SECRET_KEY}\x00{passphrase}").encrypt(plaintext.encode()).decode("ascii")
+
+
+def unseal(ciphertext: str, *, passphrase: str) -> str:
+    secrets = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    box = MultiFernet([_fernet_for(f"{secret}\x00{passphrase}") for secret in secrets])
+    try:
+        return box.decrypt(ciphertext.encode("ascii")).decode()
+    except (InvalidToken, UnicodeError) as exc:
+        raise DecryptionError("the sealed value cannot be opened with this passphrase") from exc

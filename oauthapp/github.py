@@ -26,6 +26,8 @@ from social_core.exceptions import (
 )
 
 from . import services
+from .models import OAuthEvent
+from .throttle import client_address
 
 # Keys of social-auth's extra_data that hold secrets; they are never kept there.
 SECRET_EXTRA_DATA_KEYS = ("access_token", "refresh_token", "id_token")
@@ -106,6 +108,13 @@ def enforce_access_policy(
         backend=backend, login=login, access_token=str(response.get("access_token") or "")
     )
     if reason is not None:
+        request = getattr(backend.strategy, "request", None)
+        services.oauth_event_record(
+            kind=OAuthEvent.Kind.GITHUB_POLICY_REFUSED,
+            username=login,
+            address=client_address(request) if request is not None else None,
+            detail={"reason": reason, "on": "login"},
+        )
         raise GithubAccessRefused(backend, reason)
 
 

@@ -1,19 +1,121 @@
+"""Site-wide middleware: framing, GitHub login errors, and backend outages as 503s."""
+
 import logging
+import sys
 from collections.abc import Callable
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db import DataError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import resolve_url
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from social_core.exceptions import SocialAuthBaseException
 from social_django.middleware import SocialAuthExceptionMiddleware
 
 from .github import error_message
+from .outage import is_outage
 
 LOGIN_ERROR_SESSION_KEY = "oauthapp_login_error"
+logger = logging.getLogger(__name__)
+
+# Paths whose clients read RFC 6749 JSON, not pages.
+OAUTH_API_PATHS = ("/token", "/register", "/revoke", "/introspect", "/.well-known/")
+
+
+def outage_response(request: HttpRequest) -> HttpResponse:
+    """503 with Retry-After: `temporarily_unavailable` JSON for OAuth clients, a short page for people.
+
+    The page is rendered without the request's context processors, which would touch the
+    session (and so the database that may be what is down).
+    """
+    retry_after = str(settings.OUTAGE_RETRY_AFTER_SECONDS)
+    response: HttpResponse
+    if request.path.startswith(OAUTH_API_PATHS):
+        response = JsonResponse(
+            {
+                "error": "temporarily_unavailable",
+                "error_description": "The server cannot reach its database or cache; try again shortly.",
+            },
+            status=503,
+        )
+    else:
+        html = render_to_string(
+            "oauthapp/unavailable.html",
+            {"server_name": settings.MCP_SERVER_NAME, "retry_after": retry_after},
+        )
+        response = HttpResponse(html, status=503)
+    response["Retry-After"] = retry_after
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def refused_value_response(request: HttpRequest) -> HttpResponse:
+    """400 for input the database refuses to store or compare (PostgreSQL: NUL characters)."""
+    description = "The request carries a value this server cannot process (a NUL character?)"
+    if request.path.startswith(OAUTH_API_PATHS):
+        response: HttpResponse = JsonResponse(
+            {"error": "invalid_request", "error_description": description}, status=400
+        )
+    else:
+        html = render_to_string(
+            "oauthapp/unavailable.html", {"server_name": settings.MCP_SERVER_NAME, "refused": description}
+        )
+        response = HttpResponse(html, status=400)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class BackendErrorMiddleware:
+    """A database or cache outage raised by a view is a retryable 503; a value the database
+    refuses (DataError: a NUL character in a client_id, say, on PostgreSQL) is the request's
+    fault, a 400. Neither is a 500 or a traceback."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, DataError):
+            logger.warning("%s %s: the database refused a value: %s", request.method, request.path, exception)
+            return refused_value_response(request)
+        if not is_outage(exception):
+            return None
+        logger.warning(
+            "%s %s: backend unavailable (%s: %s)",
+            request.method,
+            request.path,
+            type(exception).__name__,
+            exception,
+        )
+        return outage_response(request)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: an outage met outside a view (a middleware saving the session) is a 503 too.
+
+    Anything else is a bug: a plain 500 (JSON on the OAuth endpoints) without details.
+    """
+    error = sys.exc_info()[1]
+    if is_outage(error):
+        return outage_response(request)
+    if isinstance(error, DataError):
+        return refused_value_response(request)
+    if request.path.startswith(OAUTH_API_PATHS):
+        return JsonResponse(
+            {"error": "server_error", "error_description": "The server failed; this is logged."}, status=500
+        )
+    return HttpResponse(
+        render_to_string(
+            "oauthapp/unavailable.html", {"server_name": settings.MCP_SERVER_NAME, "failed": True}
+        ),
+        status=500,
+    )
 
 
 class FrameAncestorsMiddleware:

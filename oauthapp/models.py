@@ -1,4 +1,6 @@
-"""The OAuth client model (swapped in for django-oauth-toolkit's), remembered consent, personal tokens."""
+"""The OAuth client model (swapped in for django-oauth-toolkit's), remembered consent, personal
+tokens, the OAuth event log and the records that guard the token endpoint (spent codes, refresh
+grace)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from oauth2_provider.models import AbstractApplication
 from oauth2_provider.settings import oauth2_settings
 
@@ -24,6 +27,11 @@ class Application(AbstractApplication):
     registered_from = models.GenericIPAddressField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     disabled_at = models.DateTimeField(null=True, blank=True)
+    is_resource_server = models.BooleanField(
+        "resource server",
+        default=False,
+        help_text="May introspect tokens (RFC 7662). Only for resource servers an operator runs.",
+    )
 
     class Meta(AbstractApplication.Meta):
         verbose_name = "OAuth client"
@@ -91,6 +99,9 @@ class GithubCredential(models.Model):
     )
     ciphertext = models.TextField(editable=False)
     scope = models.CharField(max_length=500, blank=True, help_text="Scopes GitHub granted the token.")
+    policy_checked_at = models.DateTimeField(
+        null=True, blank=True, help_text="When GitHub last confirmed the account passes the access policy."
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -145,3 +156,94 @@ class PersonalAccessToken(models.Model):
         if self.expires <= now:
             return "expired"
         return "active"
+
+
+class OAuthEvent(models.Model):
+    """One thing that happened on the authorization server, for operators to read in admin.
+
+    Rows keep the names they had (username as typed, client name) so they still tell the
+    story after the user or the client is deleted. Written through
+    `oauthapp.services.oauth_event_record`; pruned by `prune_expired` after
+    OAUTH_EVENT_RETENTION_DAYS.
+    """
+
+    class Kind(models.TextChoices):
+        CLIENT_REGISTERED = "client_registered", "client registered"
+        CONSENT_GRANTED = "consent_granted", "consent granted"
+        CONSENT_DENIED = "consent_denied", "consent denied"
+        TOKEN_ISSUED = "token_issued", "token issued"
+        REFRESH_REUSE = "refresh_reuse", "refresh token reuse (family revoked)"
+        TOKEN_REVOKED = "token_revoked", "token revoked"
+        CODE_REPLAY = "code_replay", "authorization code replayed (its tokens revoked)"
+        LOGIN_REFUSED = "login_refused", "login refused"
+        LOGIN_THROTTLED = "login_throttled", "login throttled"
+        GITHUB_POLICY_REFUSED = "github_policy_refused", "GitHub access policy refused"
+        CIMD_FETCH_FAILED = "cimd_fetch_failed", "client metadata document fetch failed"
+
+    kind = models.CharField(max_length=40, choices=Kind.choices)
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    application = models.ForeignKey(
+        settings.OAUTH2_PROVIDER_APPLICATION_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    username = models.CharField(max_length=150, blank=True, help_text="As given, even with no such user.")
+    client_name = models.CharField(max_length=255, blank=True)
+    address = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        verbose_name = "OAuth event"
+        ordering = ("-created",)
+        indexes = [models.Index(fields=["kind", "created"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} at {self.created:%Y-%m-%d %H:%M:%S}"
+
+
+class SpentAuthorizationCode(models.Model):
+    """An authorization code that was exchanged, and what it minted.
+
+    django-oauth-toolkit deletes the code's Grant row on exchange; this row remembers the
+    code (by checksum) so a replay can be told from a typo and revoke what the first
+    exchange issued (RFC 6749 section 4.1.2).
+    """
+
+    code_checksum = models.CharField(max_length=64, unique=True)
+    application = models.ForeignKey(settings.OAUTH2_PROVIDER_APPLICATION_MODEL, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    token_family = models.UUIDField(null=True, blank=True)
+    access_token = models.ForeignKey(
+        settings.OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    spent_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"Authorization code spent at {self.spent_at:%Y-%m-%d %H:%M:%S}"
+
+
+class RefreshGrace(models.Model):
+    """What a rotated refresh token was exchanged for, kept for REFRESH_TOKEN_GRACE_SECONDS.
+
+    Tokens are stored hashed, so a retried refresh could not otherwise be given the tokens
+    its first attempt minted. They are sealed under a key derived from the old refresh token
+    itself (and SECRET_KEY): only whoever presents that token can open them.
+    """
+
+    refresh_token = models.OneToOneField(
+        settings.OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    ciphertext = models.TextField()
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"Refresh grace for RefreshToken #{self.refresh_token_id}"

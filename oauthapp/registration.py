@@ -146,10 +146,37 @@ def _optional_string(data: dict[str, Any], name: str) -> str:
     return value
 
 
+def _storable_text_problem(value: object) -> str | None:
+    """Why a decoded JSON value holds a string no database can store, or None.
+
+    JSON can carry lone surrogates (`"\\ud800"`), which are not Unicode text and cannot be
+    encoded as UTF-8, and NUL characters, which PostgreSQL refuses in text columns.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "strings may not contain NUL characters"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "strings must be valid Unicode (no lone surrogates)"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def parse_client_metadata(data: object) -> ClientMetadata:
     """Validate a registration request body (already decoded from JSON)."""
     if not isinstance(data, dict):
         raise RegistrationError("invalid_client_metadata", "the request body must be a JSON object")
+    problem = _storable_text_problem(data)
+    if problem:
+        raise RegistrationError("invalid_client_metadata", problem)
 
     redirect_uris = data.get("redirect_uris")
     if not isinstance(redirect_uris, list) or not redirect_uris:

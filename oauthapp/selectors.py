@@ -10,9 +10,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from oauth2_provider.oauth2_backends import _add_iss_to_redirect, get_oauthlib_core
+from oauthlib.common import Request as OAuthlibRequest
 from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 from social_django.models import UserSocialAuth
 
@@ -108,6 +110,27 @@ def pending_authorization(*, next_url: str) -> PendingAuthorization | None:
     return PendingAuthorization(
         application=application, redirect_uri=redirect_uri, state=credentials.get("state")
     )
+
+
+def resource_server_authenticate(*, request: HttpRequest) -> Application | None:
+    """The client authenticated by `request` (HTTP Basic or client_secret_post), if it is an
+    enabled, confidential client an operator marked as a resource server; else None."""
+    core = get_oauthlib_core()
+    body = urlencode([(key, value) for key, value in request.POST.items()])
+    oauth_request = OAuthlibRequest(
+        request.build_absolute_uri(), http_method="POST", body=body, headers=core.extract_headers(request)
+    )
+    if not core.server.request_validator.authenticate_client(oauth_request):
+        return None
+    client = getattr(oauth_request, "client", None)
+    if (
+        not isinstance(client, Application)
+        or not client.is_resource_server
+        or client.client_type != Application.CLIENT_CONFIDENTIAL
+        or client.disabled_at is not None
+    ):
+        return None
+    return client
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
-"""Writes for the authorization server: registration, consent, revocation, client state, personal tokens."""
+"""Writes for the authorization server: registration, consent, revocation, client state, personal
+tokens, events."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -10,20 +14,90 @@ from typing import Any
 
 import httpx
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from oauth2_provider.generators import generate_client_id, generate_client_secret
 from oauth2_provider.models import AccessToken, Grant, RefreshToken, clear_expired, set_token_value
+from redis.exceptions import RedisError
 from social_django.models import UserSocialAuth
 
 from . import encryption, selectors
-from .models import Application, Consent, GithubCredential, PersonalAccessToken
+from .models import (
+    Application,
+    Consent,
+    GithubCredential,
+    OAuthEvent,
+    PersonalAccessToken,
+    RefreshGrace,
+    SpentAuthorizationCode,
+)
 from .registration import ClientMetadata
 
 LAST_USED_GRANULARITY_SECONDS = 60
+# How long a spent authorization code is remembered, so that a replay revokes its tokens.
+SPENT_CODE_MEMORY = timedelta(days=1)
+logger = logging.getLogger(__name__)
+
+
+def token_checksum(raw: str) -> str:
+    """How django-oauth-toolkit (and this app) find a token without storing it."""
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+# --- OAuth events ------------------------------------------------------------------------------
+
+
+def oauth_event_record(
+    *,
+    kind: str,
+    user: User | None = None,
+    user_id: int | None = None,
+    application: Application | None = None,
+    application_id: int | None = None,
+    username: str = "",
+    client_name: str = "",
+    address: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> OAuthEvent:
+    """Record one OAuth event (`OAuthEvent.Kind`) for operators; the one way to write the log.
+
+    Pass the user and client as objects or ids. The username and client name are copied onto
+    the row so it stays readable after either is deleted.
+    """
+    if kind not in OAuthEvent.Kind.values:
+        raise ValueError(f"unknown OAuth event kind {kind!r}")
+    if user is not None:
+        user_id = user.pk
+        username = username or user.get_username()
+    elif user_id is not None and not username:
+        model = get_user_model()
+        username = model.objects.filter(pk=user_id).values_list(model.USERNAME_FIELD, flat=True).first() or ""
+    if application is not None:
+        application_id = application.pk
+        client_name = client_name or application.display_name
+    elif application_id is not None and not client_name:
+        client_name = (
+            Application.objects.filter(pk=application_id).values_list("name", flat=True).first() or ""
+        )
+    return OAuthEvent.objects.create(
+        kind=kind,
+        user_id=user_id,
+        application_id=application_id,
+        username=username[:150],
+        client_name=client_name[:255],
+        address=address,
+        detail=detail or {},
+    )
+
+
+def oauth_events_prune(*, older_than_days: int, now: datetime | None = None) -> int:
+    cutoff = (now or timezone.now()) - timedelta(days=older_than_days)
+    deleted, _ = OAuthEvent.objects.filter(created__lt=cutoff).delete()
+    return deleted
 
 
 @dataclass(frozen=True)
@@ -66,11 +140,20 @@ def client_register(*, metadata: ClientMetadata, remote_addr: str | None) -> Reg
         registered_from=remote_addr,
     )
     application.full_clean(exclude=["client_secret"])
-    application.save()
+    with transaction.atomic():
+        application.save()
+        oauth_event_record(
+            kind=OAuthEvent.Kind.CLIENT_REGISTERED,
+            application=application,
+            address=remote_addr,
+            detail={"redirect_uris": metadata.redirect_uris, "public": metadata.is_public},
+        )
     return RegisteredClient(application=application, client_secret=secret)
 
 
-def consent_record(*, user: User, application: Application, scopes: list[str]) -> Consent:
+def consent_record(
+    *, user: User, application: Application, scopes: list[str], address: str | None = None
+) -> Consent:
     """Remember that `user` approved `application` for `scopes` (added to earlier approvals)."""
     with transaction.atomic():
         consent, created = Consent.objects.select_for_update().get_or_create(
@@ -79,10 +162,26 @@ def consent_record(*, user: User, application: Application, scopes: list[str]) -
         if not created:
             consent.scope = " ".join(sorted(consent.scopes | set(scopes)))
             consent.save(update_fields=["scope", "updated"])
+        oauth_event_record(
+            kind=OAuthEvent.Kind.CONSENT_GRANTED,
+            user=user,
+            application=application,
+            address=address,
+            detail={"scope": " ".join(scopes)},
+        )
     return consent
 
 
-def tokens_revoke(*, user: User | None = None, application: Application | None = None) -> int:
+def consent_deny(*, user: User, application: Application, address: str | None) -> None:
+    """The user refused `application` on the consent page; nothing is remembered but the event."""
+    oauth_event_record(
+        kind=OAuthEvent.Kind.CONSENT_DENIED, user=user, application=application, address=address
+    )
+
+
+def tokens_revoke(
+    *, user: User | None = None, application: Application | None = None, reason: str = "revoked"
+) -> int:
     """Revoke every token and pending code of a user, a client, or a user on one client.
 
     Refresh tokens are marked revoked (reuse protection keeps its tombstones); access tokens
@@ -102,22 +201,48 @@ def tokens_revoke(*, user: User | None = None, application: Application | None =
             revoked=now, updated=now, access_token=None
         )
         Grant.objects.filter(**filters).delete()
-        deleted, _ = AccessToken.objects.filter(**filters).delete()
+        deleted = AccessToken.objects.filter(**filters).delete()[1].get(AccessToken._meta.label, 0)
+        oauth_event_record(
+            kind=OAuthEvent.Kind.TOKEN_REVOKED,
+            user=user,
+            application=application,
+            detail={"reason": reason, "access_tokens": deleted},
+        )
     return deleted
+
+
+def token_issued(*, token: AccessToken, grant_type: str, address: str | None) -> None:
+    """/token issued `token`: the client (and the user's consent) was used now, and operators see it."""
+    client_mark_used(application_id=token.application_id, user_id=token.user_id)
+    oauth_event_record(
+        kind=OAuthEvent.Kind.TOKEN_ISSUED,
+        user_id=token.user_id,
+        application_id=token.application_id,
+        client_name=token.application.display_name if token.application_id else "",
+        address=address,
+        detail={"grant_type": grant_type, "scope": token.scope},
+    )
 
 
 def consent_revoke(*, user: User, application: Application) -> None:
     """Forget the user's approval of a client and kill its tokens for that user at once."""
     with transaction.atomic():
         Consent.objects.filter(user=user, application=application).delete()
-        tokens_revoke(user=user, application=application)
+        tokens_revoke(user=user, application=application, reason="the user revoked the app")
 
 
 def application_disable(*, application: Application) -> None:
     """Stop a client: its tokens die now and it cannot obtain new ones."""
     with transaction.atomic():
         Application.objects.filter(pk=application.pk).update(disabled_at=timezone.now())
-        tokens_revoke(application=application)
+        tokens_revoke(application=application, reason="client disabled")
+
+
+def applications_mark_resource_server(*, applications: QuerySet[Application], allowed: bool) -> int:
+    """Let confidential clients introspect tokens (RFC 7662 section 4), or stop them; returns how many."""
+    if allowed:
+        applications = applications.filter(client_type=Application.CLIENT_CONFIDENTIAL)
+    return applications.update(is_resource_server=allowed)
 
 
 def application_enable(*, application: Application) -> None:
@@ -129,11 +254,14 @@ def client_mark_used(*, application_id: int, user_id: int | None) -> None:
 
     Throttled through the cache so a busy client costs at most one write a minute.
     """
-    if not cache.add(
-        client_use_key(application_id=application_id, user_id=user_id), 1, LAST_USED_GRANULARITY_SECONDS
-    ):
-        return
-    client_mark_used_now(application_id=application_id, user_id=user_id)
+    try:
+        due = cache.add(
+            client_use_key(application_id=application_id, user_id=user_id), 1, LAST_USED_GRANULARITY_SECONDS
+        )
+    except (RedisError, OSError):
+        due = True  # the cache only throttles: without it, write (the token endpoint is not hot)
+    if due:
+        client_mark_used_now(application_id=application_id, user_id=user_id)
 
 
 def client_use_key(*, application_id: int, user_id: int | None) -> str:
@@ -152,12 +280,81 @@ def client_mark_used_at(*, application_id: int, user_id: int | None, when: datet
         Consent.objects.filter(application_id=application_id, user_id=user_id).update(last_used_at=when)
 
 
+# --- The token endpoint's guards ----------------------------------------------------------------
+
+
+def authorization_code_spend(
+    *, code: str, application_id: int, user_id: int, refresh_token: str | None, access_token: str
+) -> SpentAuthorizationCode:
+    """Remember that `code` was exchanged and what the exchange minted (see code replay)."""
+    family = None
+    if refresh_token:
+        family = (
+            RefreshToken.objects.filter(token_checksum=token_checksum(refresh_token))
+            .values_list("token_family", flat=True)
+            .first()
+        )
+    access_id = (
+        AccessToken.objects.filter(token_checksum=token_checksum(access_token))
+        .values_list("pk", flat=True)
+        .first()
+    )
+    return SpentAuthorizationCode.objects.create(
+        code_checksum=token_checksum(code),
+        application_id=application_id,
+        user_id=user_id,
+        token_family=family,
+        access_token_id=access_id,
+    )
+
+
+def authorization_code_replay_revoke(*, spent: SpentAuthorizationCode, address: str | None) -> None:
+    """A spent code came back: it leaked, so what it minted dies (RFC 6749 section 4.1.2)."""
+    with transaction.atomic():
+        if spent.token_family is not None:
+            RefreshToken.revoke_family(spent.token_family)
+        if spent.access_token_id is not None:
+            AccessToken.objects.filter(pk=spent.access_token_id).delete()
+        oauth_event_record(
+            kind=OAuthEvent.Kind.CODE_REPLAY,
+            user_id=spent.user_id,
+            application=spent.application,
+            address=address,
+            detail={"first_used": spent.spent_at.isoformat()},
+        )
+
+
+def refresh_family_revoke(*, refresh_token: RefreshToken, address: str | None, reason: str) -> None:
+    """Refresh-token reuse: the whole family of `refresh_token` dies, and operators see why."""
+    with transaction.atomic():
+        RefreshToken.revoke_family(refresh_token.token_family)
+        oauth_event_record(
+            kind=OAuthEvent.Kind.REFRESH_REUSE,
+            user_id=refresh_token.user_id,
+            application_id=refresh_token.application_id,
+            address=address,
+            detail={"reason": reason},
+        )
+
+
+def refresh_grace_store(*, rotated: RefreshToken, presented: str, token: dict[str, Any]) -> None:
+    """Keep what `rotated` (presented as `presented`) was exchanged for, for the grace period."""
+    if settings.REFRESH_TOKEN_GRACE_SECONDS <= 0:
+        return
+    sealed = encryption.seal(
+        json.dumps({key: token[key] for key in ("access_token", "refresh_token", "scope") if key in token}),
+        passphrase=presented,
+    )
+    RefreshGrace.objects.update_or_create(refresh_token=rotated, defaults={"ciphertext": sealed})
+
+
 @dataclass(frozen=True)
 class PruneReport:
     access_tokens: int
     refresh_tokens: int
     grants: int
     clients: int
+    events: int = 0
 
 
 def clients_prune_unused(*, unused_days: int, never_used_days: int, now: datetime | None = None) -> int:
@@ -190,12 +387,19 @@ def expired_prune(*, unused_days: int, never_used_days: int) -> PruneReport:
     before = (AccessToken.objects.count(), RefreshToken.objects.count(), Grant.objects.count())
     clear_expired()
     clients = clients_prune_unused(unused_days=unused_days, never_used_days=never_used_days)
+    now = timezone.now()
+    SpentAuthorizationCode.objects.filter(spent_at__lt=now - SPENT_CODE_MEMORY).delete()
+    RefreshGrace.objects.filter(
+        created__lt=now - timedelta(seconds=settings.REFRESH_TOKEN_GRACE_SECONDS + 60)
+    ).delete()
+    events = oauth_events_prune(older_than_days=settings.OAUTH_EVENT_RETENTION_DAYS, now=now)
     after = (AccessToken.objects.count(), RefreshToken.objects.count(), Grant.objects.count())
     return PruneReport(
         access_tokens=before[0] - after[0],
         refresh_tokens=before[1] - after[1],
         grants=before[2] - after[2],
         clients=clients,
+        events=events,
     )
 
 
@@ -289,6 +493,10 @@ class GithubUnavailable(Exception):
     """GitHub could not answer with the user's profile; the message says why, for the user."""
 
 
+class GithubTokenRefused(GithubUnavailable):
+    """GitHub answered 401 to the stored token: revoked at GitHub, or expired."""
+
+
 def github_token_store(*, social: UserSocialAuth, access_token: str, scope: str) -> GithubCredential:
     """Keep (or replace) the GitHub token of a linked account, encrypted."""
     credential, _created = GithubCredential.objects.update_or_create(
@@ -327,7 +535,7 @@ def github_profile_fetch(*, user_id: int) -> dict[str, Any]:
             f"GitHub could not be reached ({type(exc).__name__}); try again later."
         ) from exc
     if response.status_code == 401:
-        raise GithubUnavailable(
+        raise GithubTokenRefused(
             "GitHub no longer accepts the stored token (it was revoked or expired); "
             "log in with GitHub again to renew it."
         )
@@ -340,3 +548,97 @@ def github_profile_fetch(*, user_id: int) -> dict[str, Any]:
     if not isinstance(profile, dict):
         raise GithubUnavailable("GitHub answered with something that is not a profile.")
     return profile
+
+
+class GithubAccessLost(Exception):
+    """The user's GitHub account no longer passes this server's access policy; the message says why."""
+
+
+def github_policy_applies(*, user: User) -> bool:
+    """Whether `user` depends on the GitHub access policy: GitHub is their only way in.
+
+    A user who also has a password logs in without GitHub, so the policy never covered them.
+    """
+    if not (settings.GITHUB_ALLOWED_USERS or settings.GITHUB_REQUIRED_ORG):
+        return False
+    if user.has_usable_password():
+        return False
+    return UserSocialAuth.objects.filter(user_id=user.pk, provider="github").exists()
+
+
+def _github_org_member(*, token: str, login: str, org: str) -> bool:
+    try:
+        response = httpx.get(
+            f"{settings.GITHUB_API_URL}/orgs/{org}/members/{login}",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.github+json",
+                "User-Agent": settings.MCP_SERVER_NAME,
+            },
+            timeout=settings.GITHUB_API_TIMEOUT,
+            follow_redirects=False,
+        )
+    except httpx.HTTPError as exc:
+        raise GithubUnavailable(f"GitHub could not be reached ({type(exc).__name__})") from exc
+    if response.status_code == 204:
+        return True
+    if response.status_code in {302, 403, 404}:
+        return False
+    raise GithubUnavailable(f"GitHub answered {response.status_code}")
+
+
+def github_policy_recheck(*, user: User, now: datetime | None = None) -> None:
+    """Check again, through GitHub's API, that a GitHub user still passes the access policy.
+
+    At most every GITHUB_POLICY_RECHECK_SECONDS per user. Raises GithubAccessLost when the
+    account no longer passes (or GitHub refuses the stored token: the user revoked this
+    server at GitHub). When GitHub cannot be reached the last good check stands for up to
+    GITHUB_POLICY_MAX_UNVERIFIED_SECONDS, after which GithubUnavailable is raised.
+    """
+    now = now or timezone.now()
+    credential = selectors.github_credential_for_user(user_id=user.pk)
+    if credential is None:
+        raise GithubAccessLost("No GitHub token is stored for this account; log in with GitHub again.")
+    checked = credential.policy_checked_at or credential.updated
+    if now - checked < timedelta(seconds=settings.GITHUB_POLICY_RECHECK_SECONDS):
+        return
+    try:
+        token = encryption.decrypt(credential.ciphertext)
+        profile = github_profile_fetch(user_id=user.pk)
+        login = str(profile.get("login") or "")
+        reason = None
+        allowed = settings.GITHUB_ALLOWED_USERS
+        if allowed and login.lower() not in allowed:
+            reason = f"The GitHub account @{login} is no longer on this server's list of allowed users."
+        org = settings.GITHUB_REQUIRED_ORG
+        if reason is None and org and not _github_org_member(token=token, login=login, org=org):
+            reason = f"The GitHub account @{login} is no longer a member of the {org} organisation."
+    except encryption.DecryptionError:
+        reason = "The stored GitHub token can no longer be read; log in with GitHub again."
+    except GithubTokenRefused:
+        reason = "GitHub no longer accepts this server's token for the account; log in with GitHub again."
+    except GithubUnavailable as exc:
+        if now - checked >= timedelta(seconds=settings.GITHUB_POLICY_MAX_UNVERIFIED_SECONDS):
+            raise
+        else:
+            logger.warning("GitHub policy check for user %s postponed: %s", user.pk, exc)
+            return
+    if reason is not None:
+        raise GithubAccessLost(reason)
+    GithubCredential.objects.filter(pk=credential.pk).update(policy_checked_at=now)
+
+
+def github_access_withdraw(
+    *, user: User, application: Application | None, reason: str, address: str | None
+) -> int:
+    """The user no longer passes the GitHub policy: every OAuth token of theirs dies."""
+    with transaction.atomic():
+        revoked = tokens_revoke(user=user, reason="GitHub access policy")
+        oauth_event_record(
+            kind=OAuthEvent.Kind.GITHUB_POLICY_REFUSED,
+            user=user,
+            application=application,
+            address=address,
+            detail={"reason": reason, "on": "refresh"},
+        )
+    return revoked

@@ -5,7 +5,6 @@ A 2025-03-26 client that finds no metadata falls back to exactly /authorize, /to
 """
 
 from django.urls import path
-from oauth2_provider import views as dot_views
 
 from . import views
 
@@ -29,8 +28,8 @@ oauth_urlpatterns = [
     path("register", views.RegisterView.as_view(), name="register"),
     path("authorize", views.AuthorizeView.as_view(), name="authorize"),
     path("token", views.TokenView.as_view(), name="token"),
-    path("revoke", dot_views.RevokeTokenView.as_view(), name="revoke-token"),
-    path("introspect", dot_views.IntrospectTokenView.as_view(), name="introspect"),
+    path("revoke", views.RevokeView.as_view(), name="revoke-token"),
+    path("introspect", views.IntrospectView.as_view(), name="introspect"),
 ]
 
 urlpatterns = [

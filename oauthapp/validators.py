@@ -1,15 +1,49 @@
-"""django-oauth-toolkit's request validator with this server's policies added."""
+"""django-oauth-toolkit's request validator with this server's policies added.
+
+Besides scope narrowing and RFC 8707 resource binding, the token endpoint's guards live
+here, where oauthlib consults us: a replayed authorization code revokes what it minted, a
+rotated refresh token presented again within REFRESH_TOKEN_GRACE_SECONDS gets the tokens its
+first use minted (after that, reuse revokes the family), a GitHub user's refresh re-checks
+the GitHub access policy, and every invalid_grant says which problem it was. The token view
+runs all of it in one transaction (oauthapp.views.TokenView), so the row locks taken here
+serialise concurrent exchanges of one code or one refresh token.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import hashlib
+import hmac
+import json
+from datetime import timedelta
+from typing import Any, NoReturn
 
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, QuerySet
+from django.utils import timezone
+from oauth2_provider.models import AccessToken, Grant, RefreshToken
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauth2_provider.scopes import get_scopes_backend
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import cimd
+from . import cimd, encryption, services
+from .models import OAuthEvent, RefreshGrace, SpentAuthorizationCode
 from .selectors import resource_identifiers, resource_is_known
+from .throttle import address_from_meta
+
+
+def _locked(queryset: QuerySet[Any]) -> QuerySet[Any]:
+    """Lock the rows for the token view's transaction (a no-op outside one, and on SQLite)."""
+    return queryset.select_for_update() if transaction.get_connection().in_atomic_block else queryset
+
+
+def _address(request: Any) -> str | None:
+    return address_from_meta(getattr(request, "headers", None) or {})
+
+
+def _s256(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
 class MCPOAuth2Validator(OAuth2Validator):
@@ -65,3 +99,191 @@ class MCPOAuth2Validator(OAuth2Validator):
                     ),
                     request=request,
                 )
+
+    # --- Authorization codes -------------------------------------------------------------------
+
+    def validate_code(
+        self, client_id: str, code: str, client: Any, request: Any, *args: Any, **kwargs: Any
+    ) -> bool:
+        """The code's Grant, locked; each refusal names its reason (a replay also revokes)."""
+        grant = _locked(Grant.objects.filter(code=code, application=client)).first()
+        if grant is None:
+            self._refuse_unknown_code(code, client, request)
+        if grant.is_expired():
+            raise errors.InvalidGrantError(description="The authorization code has expired.", request=request)
+        verifier = request.code_verifier
+        if (
+            grant.code_challenge
+            and grant.code_challenge_method == "S256"
+            and isinstance(verifier, str)
+            and not hmac.compare_digest(_s256(verifier), grant.code_challenge)
+        ):
+            raise errors.InvalidGrantError(
+                description="The code_verifier does not match the code_challenge (PKCE).", request=request
+            )
+        return super().validate_code(client_id, code, client, request, *args, **kwargs)
+
+    def _refuse_unknown_code(self, code: str, client: Any, request: Any) -> NoReturn:
+        spent = (
+            SpentAuthorizationCode.objects.filter(code_checksum=services.token_checksum(code))
+            .select_related("application")
+            .first()
+        )
+        if spent is not None:
+            services.authorization_code_replay_revoke(spent=spent, address=_address(request))
+            raise errors.InvalidGrantError(
+                description="The authorization code was already used; the tokens issued for it are revoked.",
+                request=request,
+            )
+        if Grant.objects.filter(code=code).exists():
+            raise errors.InvalidGrantError(
+                description="The authorization code was issued to another client.", request=request
+            )
+        raise errors.InvalidGrantError(description="Unknown authorization code.", request=request)
+
+    def confirm_redirect_uri(
+        self, client_id: str, code: str, redirect_uri: str, client: Any, *args: Any, **kwargs: Any
+    ) -> bool:
+        if not super().confirm_redirect_uri(client_id, code, redirect_uri, client, *args, **kwargs):
+            raise errors.InvalidGrantError(
+                description="The redirect_uri does not match the one of the authorization request.",
+                request=kwargs.get("request") or (args[0] if args else None),
+            )
+        return True
+
+    # --- Refresh tokens ------------------------------------------------------------------------
+
+    def validate_refresh_token(
+        self, refresh_token: str, client: Any, request: Any, *args: Any, **kwargs: Any
+    ) -> bool:
+        checksum = services.token_checksum(refresh_token)
+        # Locked: a concurrent refresh with the same token waits here for the first to commit,
+        # then finds it rotated and takes the grace path instead of revoking the family.
+        rt = (
+            _locked(RefreshToken.objects.filter(token_checksum=checksum))
+            .order_by(F("revoked").desc(nulls_first=True))
+            .first()
+        )
+        if rt is None:
+            raise errors.InvalidGrantError(description="Unknown refresh token.", request=request)
+        if rt.application_id != client.pk:
+            raise errors.InvalidGrantError(
+                description="The refresh token was issued to another client.", request=request
+            )
+        if rt.revoked is not None:
+            grace = self._grace_tokens(rt, refresh_token)
+            if grace is not None:
+                request.user = rt.user
+                request.refresh_token = refresh_token
+                request.refresh_token_instance = rt
+                request.grace_tokens = grace
+                return True
+            if AccessToken.objects.filter(source_refresh_token=rt).exists():
+                services.refresh_family_revoke(
+                    refresh_token=rt, address=_address(request), reason="rotated refresh token used again"
+                )
+                raise errors.InvalidGrantError(
+                    description="The refresh token was already used; every token of its session is revoked.",
+                    request=request,
+                )
+            raise errors.InvalidGrantError(description="The refresh token has been revoked.", request=request)
+        if not super().validate_refresh_token(refresh_token, client, request, *args, **kwargs):
+            raise errors.InvalidGrantError(description="The refresh token has expired.", request=request)
+        self._recheck_github_policy(rt, request)
+        return True
+
+    def _grace_tokens(self, rt: RefreshToken, presented: str) -> dict[str, Any] | None:
+        """What `rt`'s rotation minted, if that was within the grace period and is still alive."""
+        seconds = settings.REFRESH_TOKEN_GRACE_SECONDS
+        if seconds <= 0 or rt.revoked is None or rt.revoked <= timezone.now() - timedelta(seconds=seconds):
+            return None
+        record = RefreshGrace.objects.filter(refresh_token=rt).first()
+        if record is None:
+            return None
+        try:
+            minted = json.loads(encryption.unseal(record.ciphertext, passphrase=presented))
+        except (encryption.DecryptionError, ValueError):
+            return None
+        access = AccessToken.objects.filter(
+            token_checksum=services.token_checksum(minted.get("access_token", ""))
+        ).first()
+        successor = RefreshToken.objects.filter(
+            token_checksum=services.token_checksum(minted.get("refresh_token", "")), revoked__isnull=True
+        ).exists()
+        if access is None or not successor or access.is_expired():
+            return None
+        minted["expires_in"] = max(1, int((access.expires - timezone.now()).total_seconds()))
+        return minted
+
+    def _recheck_github_policy(self, rt: RefreshToken, request: Any) -> None:
+        user = rt.user
+        if user is None or not services.github_policy_applies(user=user):
+            return
+        try:
+            services.github_policy_recheck(user=user)
+        except services.GithubAccessLost as exc:
+            services.github_access_withdraw(
+                user=user, application=rt.application, reason=str(exc), address=_address(request)
+            )
+            raise errors.InvalidGrantError(description=_ascii(str(exc)), request=request) from exc
+        except services.GithubUnavailable as exc:
+            raise errors.CustomOAuth2Error(
+                error="temporarily_unavailable",
+                description="GitHub cannot be reached to confirm your access; try again later.",
+                status_code=503,
+                request=request,
+            ) from exc
+
+    # --- Revocation (RFC 7009) -----------------------------------------------------------------
+
+    def revoke_token(
+        self, token: str, token_type_hint: str | None, request: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        checksum = services.token_checksum(token)
+        application_pk = getattr(request.client, "pk", None)
+        owner = (
+            AccessToken.objects.filter(token_checksum=checksum, application_id=application_pk)
+            .values("user_id", "application_id")
+            .first()
+            or RefreshToken.objects.filter(
+                token_checksum=checksum, application_id=application_pk, revoked__isnull=True
+            )
+            .values("user_id", "application_id")
+            .first()
+        )
+        super().revoke_token(token, token_type_hint, request, *args, **kwargs)
+        if owner is not None and application_pk is not None:
+            services.oauth_event_record(
+                kind=OAuthEvent.Kind.TOKEN_REVOKED,
+                user_id=owner["user_id"],
+                application=request.client,
+                address=_address(request),
+                detail={"reason": "revoked by the client (RFC 7009)"},
+            )
+
+    # --- Saving tokens -------------------------------------------------------------------------
+
+    def _save_bearer_token(self, token: dict[str, Any], request: Any, *args: Any, **kwargs: Any) -> None:
+        grace = getattr(request, "grace_tokens", None)
+        if request.grant_type == "refresh_token" and grace is not None:
+            # A retry within the grace period: the same tokens again, nothing new stored.
+            token.update(grace)
+            return
+        presented = request.refresh_token if request.grant_type == "refresh_token" else None
+        rotated = getattr(request, "refresh_token_instance", None)
+        super()._save_bearer_token(token, request, *args, **kwargs)
+        if request.grant_type == "authorization_code":
+            services.authorization_code_spend(
+                code=request.code,
+                application_id=request.client.pk,
+                user_id=request.user.pk,
+                refresh_token=token.get("refresh_token"),
+                access_token=token["access_token"],
+            )
+        elif presented and isinstance(rotated, RefreshToken) and token.get("refresh_token") != presented:
+            services.refresh_grace_store(rotated=rotated, presented=presented, token=token)
+
+
+def _ascii(text: str) -> str:
+    """error_description allows printable ASCII without quote and backslash (RFC 6749 section 5.2)."""
+    return "".join(ch if 0x20 <= ord(ch) <= 0x7E and ch not in '"\\' else "?" for ch in text)

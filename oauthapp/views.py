@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,8 +11,10 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.core.cache import cache
+from django.core.exceptions import BadRequest, RequestDataTooBig, TooManyFieldsSent
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.decorators import method_decorator
@@ -24,18 +24,22 @@ from django.views.decorators.http import require_POST
 from oauth2_provider import views as dot_views
 from oauth2_provider.exceptions import OAuthToolkitError
 from oauth2_provider.http import OAuth2ResponseRedirect
-from oauth2_provider.models import AccessToken
 from oauth2_provider.oauth2_backends import _add_iss_to_redirect
+from oauth2_provider.views.introspect import IntrospectTokenView
 from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 from oauthlib.oauth2.rfc6749.errors import CustomOAuth2Error
 
 from mcpapp import selectors as mcp_selectors
 
 from . import cimd, selectors, services
-from .forms import PersonalTokenForm
+from .forms import LoginForm, PersonalTokenForm
 from .middleware import LOGIN_ERROR_SESSION_KEY
 from .models import Application, PersonalAccessToken
 from .registration import LOOPBACK_HOSTS, RegistrationError, parse_client_metadata
+from .throttle import client_address, registration_allowed
+
+# The grants this server offers; any other grant_type is unsupported_grant_type (RFC 6749 5.2).
+OFFERED_GRANT_TYPES = ("authorization_code", "refresh_token")
 
 
 class AuthenticatedRequest(HttpRequest):
@@ -53,19 +57,36 @@ def oauth_error(error: str, description: str, status: int = 400, **headers: str)
     return response
 
 
-def client_address(request: HttpRequest) -> str | None:
-    if settings.BEHIND_PROXY:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return forwarded.split(",")[-1].strip() or None
-    return request.META.get("REMOTE_ADDR") or None
+def form_body_refusal(request: HttpRequest) -> HttpResponse | None:
+    """A form-encoded OAuth request body that cannot be read, as an RFC 6749 error (else None).
 
-
-def _is_loopback(address: str | None) -> bool:
+    Too large (OAUTH_MAX_BODY_BYTES), too many fields (DATA_UPLOAD_MAX_NUMBER_FIELDS) or a
+    broken multipart body would otherwise meet Django's HTML 400 page.
+    """
+    limit = settings.OAUTH_MAX_BODY_BYTES
+    too_large = oauth_error("invalid_request", f"The request body is limited to {limit} bytes", status=413)
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if not length.isdigit() or int(length) > limit:
+        return too_large
     try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
+        if len(request.body) > limit:  # a chunked body has no Content-Length to check
+            return too_large
+        request.POST  # noqa: B018 (parsed here, where its errors can be answered)
+    except RequestDataTooBig:
+        return too_large
+    except TooManyFieldsSent:
+        return oauth_error("invalid_request", "The request body has too many fields")
+    except (MultiPartParserError, BadRequest) as exc:  # BadRequest: a form body not in UTF-8
+        return oauth_error("invalid_request", f"The request body is not a valid form ({exc})"[:200])
+    return None
+
+
+class JsonMethodNotAllowed:
+    """A wrong HTTP method on an OAuth endpoint is an RFC 6749 style JSON error too."""
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        allowed = ", ".join(m.upper() for m in self.http_method_names if hasattr(self, m))  # type: ignore[attr-defined]
+        return oauth_error("invalid_request", f"Use {allowed}", status=405, Allow=allowed)
 
 
 # --- Discovery -------------------------------------------------------------------------------
@@ -117,7 +138,7 @@ class ProtectedResourceMetadataView(dot_views.OAuthProtectedResourceMetadataView
 
 
 @method_decorator(csrf_exempt, name="dispatch")
-class RegisterView(View):
+class RegisterView(JsonMethodNotAllowed, View):
     """Open dynamic client registration, as MCP requires, behind a size cap and a rate limit."""
 
     http_method_names = ["post", "options"]
@@ -149,7 +170,7 @@ class RegisterView(View):
         existing = selectors.client_registration_duplicate(metadata=metadata, remote_addr=address)
         if existing is not None:
             client = services.RegisteredClient(application=existing, client_secret=None)
-        elif not self._within_rate_limit(address):
+        elif not registration_allowed(address=address):
             return oauth_error(
                 "invalid_request",
                 "Too many registrations from this address; try again later",
@@ -162,22 +183,6 @@ class RegisterView(View):
         response = JsonResponse(client.response(metadata), status=201)
         response["Cache-Control"] = "no-store"
         return response
-
-    @staticmethod
-    def _within_rate_limit(address: str | None) -> bool:
-        limit = settings.REGISTRATION_RATE_LIMIT
-        if settings.PUBLIC_IS_LOOPBACK and _is_loopback(address):
-            limit = settings.REGISTRATION_LOOPBACK_RATE_LIMIT
-        if limit <= 0:
-            return True
-        key = f"oauthapp:register:{hashlib.sha256((address or '-').encode()).hexdigest()[:32]}"
-        cache.add(key, 0, settings.REGISTRATION_RATE_WINDOW)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, settings.REGISTRATION_RATE_WINDOW)
-            count = 1
-        return count <= limit
 
 
 # --- Authorization -----------------------------------------------------------------------------
@@ -226,8 +231,9 @@ class AuthorizeView(dot_views.AuthorizationView):
             if resources:
                 credentials["resource"] = resources
             try:
-                uri, _headers, _body, _status = self.create_authorization_response(
-                    request=request, scopes=" ".join(scopes), credentials=credentials, allow=True
+                # The base class's: an approval remembered is not a consent given again.
+                uri, _headers, _body, _status = dot_views.AuthorizationView.create_authorization_response(
+                    self, request=request, scopes=" ".join(scopes), credentials=credentials, allow=True
                 )
             except OAuthToolkitError as error:
                 return self.error_response(error, application)
@@ -239,17 +245,26 @@ class AuthorizeView(dot_views.AuthorizationView):
         unknown = [r for r in resources if not selectors.resource_is_known(r)]
         if unknown:
             return self._invalid_target(form.cleaned_data, unknown[0])
-        response = super().form_valid(form)
-        if form.cleaned_data.get("allow") and response.status_code == 302:
-            location = response.get("Location", "")
-            if "code=" in location:
-                application = Application.objects.get(client_id=form.cleaned_data["client_id"])
-                services.consent_record(
-                    user=self.request.user,
-                    application=application,
-                    scopes=form.cleaned_data.get("scope", "").split(),
-                )
-        return response
+        return super().form_valid(form)
+
+    def create_authorization_response(
+        self, request: HttpRequest, scopes: str, credentials: dict[str, Any], allow: bool
+    ) -> tuple[str, dict[str, str], str, int]:
+        """The user answered the consent page: remember an approval once the code is minted."""
+        application = Application.objects.get(client_id=credentials["client_id"])
+        assert isinstance(request.user, User)  # the consent page is only for a logged-in user
+        if not allow:
+            services.consent_deny(user=request.user, application=application, address=client_address(request))
+            return super().create_authorization_response(request, scopes, credentials, allow)
+        with transaction.atomic():
+            result = super().create_authorization_response(request, scopes, credentials, allow)
+            services.consent_record(
+                user=request.user,
+                application=application,
+                scopes=scopes.split(),
+                address=client_address(request),
+            )
+        return result
 
     def render_to_response(self, context: dict[str, Any], **response_kwargs: Any) -> HttpResponse:
         # An unknown client_id or redirect URI is most often a client's stored registration
@@ -323,28 +338,76 @@ class AuthorizeView(dot_views.AuthorizationView):
 
 
 @method_decorator(csrf_exempt, name="dispatch")
-class TokenView(dot_views.TokenView):
-    """The token endpoint; records when the client was last used."""
+class TokenView(JsonMethodNotAllowed, dot_views.TokenView):
+    """The token endpoint: only the grants we offer, and each request all or nothing.
+
+    The whole exchange runs in one transaction: a request that fails on the way (the
+    database or cache went away) stores nothing, so its code or refresh token still works
+    for the retry; the validator's row locks serialise concurrent uses of one code or token.
+    What happens after a token is issued (client last used, the event) is the
+    `app_authorized` receiver's (oauthapp.signals), inside the same transaction.
+    """
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = super().post(request, *args, **kwargs)
+        refusal = form_body_refusal(request)
+        if refusal is not None:
+            return refusal
+        grant_type = request.POST.get("grant_type")
+        if not grant_type:
+            return oauth_error("invalid_request", "grant_type is required")
+        if grant_type not in OFFERED_GRANT_TYPES:
+            return oauth_error(
+                "unsupported_grant_type",
+                f"This server offers the {' and '.join(OFFERED_GRANT_TYPES)} grants only",
+            )
+        with transaction.atomic():
+            response = self.authorization_flow_token_response(request)
         # Errors raised while saving the token (our RFC 8707 invalid_target among them) reach
         # DOT's backend outside oauthlib's handler and come back without a Content-Type.
         response["Content-Type"] = "application/json"
         response["Cache-Control"] = "no-store"
         response["Pragma"] = "no-cache"
-        if response.status_code == 200:
-            try:
-                raw = json.loads(response.content).get("access_token", "")
-            except ValueError:
-                raw = ""
-            if raw:
-                checksum = hashlib.sha256(raw.encode()).hexdigest()
-                token = AccessToken.objects.filter(token_checksum=checksum).values(
-                    "application_id", "user_id"
-                )
-                for row in token[:1]:
-                    services.client_mark_used(application_id=row["application_id"], user_id=row["user_id"])
+        if response.status_code == 503:  # temporarily_unavailable (GitHub could not be asked)
+            response["Retry-After"] = str(settings.OUTAGE_RETRY_AFTER_SECONDS)
+        return response
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class RevokeView(JsonMethodNotAllowed, dot_views.RevokeTokenView):
+    """RFC 7009 revocation, with the body checks of the token endpoint."""
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        refusal = form_body_refusal(request)
+        if refusal is not None:
+            return refusal
+        with transaction.atomic():
+            return super().post(request, *args, **kwargs)
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class IntrospectView(JsonMethodNotAllowed, View):
+    """RFC 7662 introspection, for resource servers only (RFC 7662 section 4).
+
+    A client may introspect only when an operator marked it a resource server in admin; any
+    other caller, registered or not, gets 401 invalid_client and learns nothing of the token.
+    """
+
+    http_method_names = ["post", "options"]
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        refusal = form_body_refusal(request)
+        if refusal is not None:
+            return refusal
+        if selectors.resource_server_authenticate(request=request) is None:
+            return oauth_error(
+                "invalid_client",
+                "Only resource servers known to this server may introspect tokens",
+                status=401,
+                WWW_Authenticate='Basic realm="introspection"',
+            )
+        token = request.POST.get("token")
+        response = IntrospectTokenView.get_token_response(token)
+        response["Cache-Control"] = "no-store"
         return response
 
 
@@ -356,6 +419,7 @@ class LoginView(auth_views.LoginView):
 
     template_name = "registration/login.html"
     redirect_authenticated_user = True
+    form_class = LoginForm
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)

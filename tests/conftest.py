@@ -8,7 +8,7 @@ import pytest
 from tests.support import logcheck
 from tests.support.fake_github import FakeGithub
 from tests.support.live import ALICE, BOB, OPERATOR, LiveServer, create_users, prepare_server
-from tests.support.oauth import Browser, OAuthClient
+from tests.support.oauth import Browser, OAuthClient, register_resource_server
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +68,6 @@ def operator_browser(server: LiveServer) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="session")
-def introspector(server: LiveServer) -> OAuthClient:
-    """A confidential client that introspects tokens, as a resource server would."""
-    return OAuthClient.register(server.url, token_endpoint_auth_method="client_secret_basic")
+def introspector(server: LiveServer, operator_browser: Browser) -> OAuthClient:
+    """A resource server that introspects tokens: a confidential client the operator marked in admin."""
+    return register_resource_server(server, operator_browser)

@@ -44,15 +44,15 @@ def test_metadata_ignores_a_forged_host_header(server: LiveServer) -> None:
 
 
 def test_the_whole_flow_register_login_consent_token_refresh_revoke_introspect(
-    server: LiveServer,
+    server: LiveServer, introspector: OAuthClient
 ) -> None:
-    assert_whole_flow(server.url, *ALICE)
+    assert_whole_flow(server.url, *ALICE, introspector)
 
 
 def test_refresh_token_reuse_revokes_that_family_and_only_it(
     server: LiveServer, alice_browser: Browser, introspector: OAuthClient
 ) -> None:
-    assert_refresh_reuse_revokes_only_that_family(server.url, alice_browser, introspector)
+    assert_refresh_reuse_revokes_only_that_family(server, alice_browser, introspector)
 
 
 def test_no_token_or_secret_is_stored_in_plaintext(server: LiveServer, alice_browser: Browser) -> None:

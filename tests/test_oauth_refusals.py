@@ -455,12 +455,27 @@ def test_it_rejects_a_wrong_code_verifier(server: LiveServer, alice_browser: Bro
     assert_no_token_for(server, client)
 
 
-def test_it_rejects_a_replayed_authorization_code(server: LiveServer, alice_browser: Browser) -> None:
+def test_a_replayed_authorization_code_is_refused_and_revokes_the_tokens_it_minted(
+    server: LiveServer, alice_browser: Browser, introspector: OAuthClient
+) -> None:
     client = OAuthClient.register(server.url)
     code, verifier = code_for(client, alice_browser)
-    assert client.exchange(code, verifier).status_code == 200
-    token_refused(client.exchange(code, verifier), "invalid_grant")
+    first = client.exchange(code, verifier)
+    assert first.status_code == 200
+    tokens = first.json()
+    assert introspect(introspector, tokens["access_token"])["active"] is True
+    body = token_refused(client.exchange(code, verifier), "invalid_grant")
+    assert "already used" in body["error_description"]
     assert grant_count(server, client) == 0
+    # RFC 6749 section 4.1.2: a replay means the code leaked; what it minted dies.
+    assert introspect(introspector, tokens["access_token"]) == {"active": False}
+    token_refused(client.refresh(tokens["refresh_token"]), "invalid_grant")
+    assert_no_token_for(server, client)
+    assert server.sql(
+        "SELECT COUNT(*) FROM oauthapp_oauthevent e JOIN oauthapp_application a ON a.id = e.application_id "
+        "WHERE a.client_id = ? AND e.kind = 'code_replay'",
+        (client.client_id,),
+    ) == [(1,)]
 
 
 def test_it_rejects_a_code_exchanged_by_another_client(server: LiveServer, alice_browser: Browser) -> None:
@@ -523,10 +538,10 @@ def test_it_rejects_unknown_clients_and_grant_types_as_json(server: LiveServer) 
     assert unknown.status_code == 401
     assert unknown.json()["error"] == "invalid_client"
     client = OAuthClient.register(server.url)
-    # The password grant is gone (RFC 9700), even with the right password.
+    # The password grant is gone (RFC 9700), even with the right password: not offered at all.
     token_refused(
         client.token(grant_type="password", username="alice", password="alice-password-123"),
-        "unauthorized_client",
+        "unsupported_grant_type",
     )
     token_refused(client.token(grant_type="nonsense"), "unsupported_grant_type")
 

@@ -147,3 +147,46 @@ def test_it_defaults_to_the_client_unused_days_setting(settings) -> None:
 def test_it_rejects_a_window_below_one_day() -> None:
     with pytest.raises(CommandError, match="at least 1"):
         run("--unused-days", "0")
+
+
+def test_it_deletes_oauth_events_past_the_retention_and_keeps_the_rest(settings, user) -> None:
+    from oauthapp.models import OAuthEvent
+    from oauthapp.services import oauth_event_record
+
+    settings.OAUTH_EVENT_RETENTION_DAYS = 30
+    old = oauth_event_record(kind=OAuthEvent.Kind.LOGIN_REFUSED, username="mallory", address="192.0.2.1")
+    OAuthEvent.objects.filter(pk=old.pk).update(created=timezone.now() - 31 * DAY)
+    recent = oauth_event_record(kind=OAuthEvent.Kind.TOKEN_ISSUED, user=user)
+    assert recent.username == "carol"
+
+    output = run()
+
+    assert list(OAuthEvent.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert "1 OAuth events older than 30 days" in output
+
+
+def test_it_refuses_an_unknown_event_kind() -> None:
+    from oauthapp.services import oauth_event_record
+
+    with pytest.raises(ValueError, match="unknown OAuth event kind"):
+        oauth_event_record(kind="something_else")
+
+
+def test_it_forgets_spent_codes_after_a_day_and_grace_records_after_the_grace(user) -> None:
+    from oauthapp.models import RefreshGrace, SpentAuthorizationCode
+
+    client = make_client("spender", age=DAY, last_used=timedelta(minutes=1))
+    access = make_access_token(client, user, expires_in=timedelta(hours=1))
+    old_code = SpentAuthorizationCode.objects.create(code_checksum="a" * 64, application=client, user=user)
+    SpentAuthorizationCode.objects.filter(pk=old_code.pk).update(spent_at=timezone.now() - 2 * DAY)
+    new_code = SpentAuthorizationCode.objects.create(code_checksum="b" * 64, application=client, user=user)
+    rotated = RefreshToken.objects.create(
+        user=user, application=client, token=secrets.token_urlsafe(30), access_token=access
+    )
+    grace = RefreshGrace.objects.create(refresh_token=rotated, ciphertext="sealed")
+    RefreshGrace.objects.filter(pk=grace.pk).update(created=timezone.now() - timedelta(hours=1))
+
+    run()
+
+    assert list(SpentAuthorizationCode.objects.values_list("pk", flat=True)) == [new_code.pk]
+    assert not RefreshGrace.objects.exists()

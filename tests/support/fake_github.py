@@ -54,6 +54,8 @@ class FakeGithub:
     tokens: dict[str, GithubUser] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
+    # While True the API answers 503, as GitHub does in an incident (the login pages still work).
+    api_unavailable: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -148,6 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._record()
         if path == "/login/oauth/authorize":
             return self._authorize(query)
+        if self.github.api_unavailable:
+            return self._json(503, {"message": "Service Unavailable"})
         user = self._token_user()
         if user is None:
             return self._json(401, {"message": "Bad credentials"})

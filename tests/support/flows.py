@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import httpx
 
+from tests.support.live import LiveServer
 from tests.support.oauth import Browser, OAuthClient, hidden_fields, introspect, pkce_pair, query_of
 
 
-def assert_whole_flow(url: str, username: str, password: str) -> None:
-    """Register, log in, consent, exchange, refresh, introspect, revoke, consent memory."""
+def assert_whole_flow(url: str, username: str, password: str, introspector: OAuthClient) -> None:
+    """Register, log in, consent, exchange, refresh, introspect, revoke, consent memory.
+
+    `introspector` is an operator-marked resource server (register_resource_server).
+    """
     # An MCP client registers itself and sends the user to /authorize; the user is not logged in.
     client = OAuthClient.register(url)
     browser = Browser(url)
@@ -51,8 +55,8 @@ def assert_whole_flow(url: str, username: str, password: str) -> None:
     assert new["access_token"] != body["access_token"]
     assert new["refresh_token"] != body["refresh_token"]
 
-    # Introspection (by a confidential client) sees the new token, bound to /mcp.
-    resource_server = OAuthClient.register(url, token_endpoint_auth_method="client_secret_basic")
+    # Introspection (by the resource server) sees the new token, bound to /mcp.
+    resource_server = introspector
     seen = introspect(resource_server, new["access_token"])
     assert seen["active"] is True
     assert seen["username"] == username
@@ -70,13 +74,24 @@ def assert_whole_flow(url: str, username: str, password: str) -> None:
     browser.close()
 
 
-def assert_refresh_reuse_revokes_only_that_family(
-    url: str, browser: Browser, introspector: OAuthClient
-) -> None:
-    """Replaying a rotated refresh token kills its own family, not the user's other session.
+def expire_refresh_grace(server: LiveServer, client: OAuthClient) -> None:
+    """Age every rotated refresh token of `client` past REFRESH_TOKEN_GRACE_SECONDS."""
+    server.sql(
+        "UPDATE oauth2_provider_refreshtoken SET revoked = '2000-01-01 00:00:00' WHERE revoked IS NOT NULL "
+        "AND application_id = (SELECT id FROM oauthapp_application WHERE client_id = ?)",
+        (client.client_id,),
+    )
 
-    `browser` is logged in; `introspector` is a confidential client.
+
+def assert_refresh_reuse_revokes_only_that_family(
+    server: LiveServer, browser: Browser, introspector: OAuthClient
+) -> None:
+    """Replaying a rotated refresh token after the grace period kills its own family, not the
+    user's other session.
+
+    `browser` is logged in; `introspector` is an operator-marked resource server.
     """
+    url = server.url
     client = OAuthClient.register(url)
     # Two sessions of the same user and client, from two separate authorizations.
     query, verifier = client.authorize(browser)
@@ -89,6 +104,7 @@ def assert_refresh_reuse_revokes_only_that_family(
     assert rotated.status_code == 200, rotated.text
     current = rotated.json()
 
+    expire_refresh_grace(server, client)
     replay = client.refresh(first["refresh_token"])
     assert replay.status_code == 400
     assert replay.json()["error"] == "invalid_grant"

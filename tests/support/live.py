@@ -164,7 +164,8 @@ class LiveServer:
         import psycopg
 
         with psycopg.connect(url) as conn:
-            return list(conn.execute(query.replace("?", "%s"), params).fetchall())
+            cursor = conn.execute(query.replace("?", "%s"), params)
+            return list(cursor.fetchall()) if cursor.description else []  # an UPDATE returns no rows
 
 
 _sqlite_template: Path | None = None

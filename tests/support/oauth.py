@@ -7,10 +7,13 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.support.live import LiveServer
 
 CALLBACK = "http://localhost:33418/oauth/callback"
 
@@ -156,8 +159,19 @@ def obtain_token(base_url: str, browser: Browser, **extra: Any) -> dict[str, Any
     return {**response.json(), "client": client}
 
 
+def register_resource_server(server: LiveServer, operator: Browser) -> OAuthClient:
+    """A confidential client that an operator marks as a resource server in admin (may introspect)."""
+    client = OAuthClient.register(
+        server.url, token_endpoint_auth_method="client_secret_basic", client_name="Test resource server"
+    )
+    ((pk,),) = server.sql("SELECT id FROM oauthapp_application WHERE client_id = ?", (client.client_id,))
+    admin_action(operator, "/admin/oauthapp/application/", "mark_resource_servers", pk)
+    assert server.sql("SELECT is_resource_server FROM oauthapp_application WHERE id = ?", (pk,)) == [(1,)]
+    return client
+
+
 def introspect(introspector: OAuthClient, token: str) -> dict[str, Any]:
-    """RFC 7662 introspection by a confidential client, as a resource server would do it."""
+    """RFC 7662 introspection by an operator-marked resource server (register_resource_server)."""
     assert introspector.client_secret, "introspection needs a confidential client"
     response = httpx.post(
         f"{introspector.base_url}/introspect",

@@ -13,7 +13,8 @@ from oauthapp.services import expired_prune
 class Command(BaseCommand):
     help = (
         "Delete expired access/refresh tokens and authorization codes, and dynamically registered "
-        "clients unused for --unused-days (or never used --never-used-days after registering)."
+        "clients unused for --unused-days (or never used --never-used-days after registering), "
+        "and OAuth events older than OAUTH_EVENT_RETENTION_DAYS."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -26,5 +27,6 @@ class Command(BaseCommand):
         report = expired_prune(unused_days=options["unused_days"], never_used_days=options["never_used_days"])
         self.stdout.write(
             f"Deleted {report.access_tokens} access tokens, {report.refresh_tokens} refresh tokens, "
-            f"{report.grants} authorization codes and {report.clients} unused clients."
+            f"{report.grants} authorization codes, {report.clients} unused clients and "
+            f"{report.events} OAuth events older than {settings.OAUTH_EVENT_RETENTION_DAYS} days."
         )
