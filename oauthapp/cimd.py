@@ -33,6 +33,7 @@ from urllib.parse import SplitResult, urlsplit
 import urllib3
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 from django.http.request import validate_host
 from django.utils import timezone
 from oauth2_provider import cimd as dot_cimd
@@ -85,9 +86,21 @@ def cimd_failure_record(*, client_id: str, detail: str, public: str) -> None:
 
     The one place every CIMD refusal passes through: the log line (with the full detail) and
     the reason the authorization page shows (`public`) for as long as the toolkit backs off.
-    Hook an OAuth event log in here.
+    Operators find it in the OAuth event log too (kind "client metadata document fetch failed").
     """
     logger.warning("CIMD document refused: %s: %s", client_id[:300], detail)
+    from .models import OAuthEvent
+    from .services import oauth_event_record
+
+    try:
+        with transaction.atomic():  # a savepoint: a failed insert leaves the caller's transaction intact
+            oauth_event_record(
+                kind=OAuthEvent.Kind.CIMD_FETCH_FAILED,
+                client_name=client_id[:255],
+                detail={"reason": detail[:500]},
+            )
+    except Exception:  # the log line above already says it; a refusal must not become a 500
+        logger.warning("could not record a CIMD refusal in the event log", exc_info=True)
     try:
         cache.set(_failure_key(client_id), public, oauth2_settings.CIMD_FAILURE_BACKOFF_SECONDS)
     except Exception:  # a cache outage must not turn a refusal into a 500

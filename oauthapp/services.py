@@ -25,6 +25,8 @@ from oauth2_provider.models import AccessToken, Grant, RefreshToken, clear_expir
 from redis.exceptions import RedisError
 from social_django.models import UserSocialAuth
 
+from mcpapp.metrics import METRICS
+
 from . import encryption, selectors
 from .models import (
     Application,
@@ -83,7 +85,7 @@ def oauth_event_record(
         client_name = (
             Application.objects.filter(pk=application_id).values_list("name", flat=True).first() or ""
         )
-    return OAuthEvent.objects.create(
+    event = OAuthEvent.objects.create(
         kind=kind,
         user_id=user_id,
         application_id=application_id,
@@ -92,6 +94,8 @@ def oauth_event_record(
         address=address,
         detail=detail or {},
     )
+    METRICS.oauth_events.labels(kind=kind).inc()
+    return event
 
 
 def oauth_events_prune(*, older_than_days: int, now: datetime | None = None) -> int:

@@ -362,6 +362,11 @@ def test_it_refuses_a_document_it_cannot_use_and_says_why(
     assert_refused_with(cimd_server, cimd_alice, url, reason)
     assert https_docs.hits[path] == 1
     assert "CIMD document refused" in cimd_server.log_path.read_text(errors="replace")
+    # Operators read it in the OAuth event log, by the document's URL.
+    events = cimd_server.sql(
+        "SELECT detail FROM oauthapp_oauthevent WHERE kind = 'cimd_fetch_failed' AND client_name = ?", (url,)
+    )
+    assert len(events) >= 1 and json.loads(events[0][0])["reason"]
 
 
 def test_it_refuses_an_http_document_url_off_loopback_without_fetching(

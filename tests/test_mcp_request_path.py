@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.flows import expire_refresh_grace
 from tests.support.forms import form_fields
 from tests.support.live import LiveServer, create_user, prepare_server
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, raw_events, resume
@@ -212,7 +213,7 @@ def test_a_family_revoked_for_refresh_reuse_is_refused_at_once(
     client = MCPHttp(server.url, rotated["access_token"])
     client.initialize()
     # The first refresh token again, after the grace period: a stolen token was replayed.
-    time.sleep(float(server.env.get("REFRESH_TOKEN_GRACE_SECONDS", "0")))
+    expire_refresh_grace(server, oauth)
     replay = oauth.refresh(issued["refresh_token"])
     assert replay.status_code == 400
     assert_refused_now(server, client)
