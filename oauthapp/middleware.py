@@ -50,6 +50,9 @@ def outage_response(request: HttpRequest) -> HttpResponse:
         response = HttpResponse(html, status=503)
     response["Retry-After"] = retry_after
     response["Cache-Control"] = "no-store"
+    # The outage was logged once, as a warning (BackendErrorMiddleware); it is not a server bug,
+    # so django.request does not log each 503 again as an ERROR.
+    response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
 

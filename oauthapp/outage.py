@@ -37,4 +37,6 @@ class OutageLogFilter(logging.Filter):
             record.args = ()
             record.exc_info = None
             record.exc_text = None
+            # An outage on a bad day, answered with a 503: a warning, not an error of ours.
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

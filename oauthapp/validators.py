@@ -79,7 +79,8 @@ class MCPOAuth2Validator(OAuth2Validator):
         # The toolkit resolves only https document URLs; http ones on loopback are ours
         # (CIMD_ALLOW_LOOPBACK, local development and the tests).
         if (
-            client_id.startswith("http://")
+            isinstance(client_id, str)
+            and client_id.startswith("http://")
             and cimd.loopback_documents_allowed()
             and cimd.is_loopback_document_url(client_id)
         ):

@@ -303,9 +303,18 @@ def test_operators_see_tokens_without_their_value_and_revoke_them(
 
 def test_the_personal_token_client_cannot_get_tokens_itself(server: LiveServer) -> None:
     create_with_command(server, "alice", "--name", "makes the client exist")
+    # The grant it was made with is not one /token offers at all...
     response = httpx.post(
         f"{server.url}/token",
         data={"grant_type": "client_credentials", "client_id": "personal-access-tokens"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "unsupported_grant_type"
+    # ...and a grant /token does offer needs the client's secret, which nobody knows.
+    response = httpx.post(
+        f"{server.url}/token",
+        data={"grant_type": "refresh_token", "refresh_token": "x", "client_id": "personal-access-tokens"},
         timeout=10,
     )
     assert response.status_code == 401
