@@ -369,7 +369,7 @@ class TokenView(JsonMethodNotAllowed, dot_views.TokenView):
         response["Pragma"] = "no-cache"
         if response.status_code == 503:  # temporarily_unavailable (GitHub could not be asked)
             response["Retry-After"] = str(settings.OUTAGE_RETRY_AFTER_SECONDS)
-            response._has_been_logged = True  # type: ignore[attr-defined]  # an outage, not a bug
+            response._has_been_logged = True  # an outage, not a bug
         return response
 
 
