@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -169,6 +170,42 @@ def test_a_call_running_on_a_killed_worker_gets_a_retryable_error_through_the_ot
     thread.join(timeout=10)
     assert time.monotonic() - killed < 2.5
     assert [a["error"]["code"] for a in answers] == [-32001]
+    session.close()
+    through.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_call_forwarded_to_a_draining_worker_gets_its_answer(pair: Pair) -> None:
+    token = pair.token()
+    owner, other = pair.first, pair.second
+    session = MCPHttp(owner.url, token)
+    session.initialize()
+    through = MCPHttp(other.url, token)
+    through.session_id = session.session_id
+    answers: list[dict] = []
+
+    def slow_call() -> None:
+        response = through.post(
+            {
+                "jsonrpc": "2.0",
+                "id": 8,
+                "method": "tools/call",
+                "params": {"name": "test_sleep", "arguments": {"seconds": 2}},
+            }
+        )
+        answers.extend(m for m in sse_messages(response.text) if m.get("id") == 8)
+
+    thread = threading.Thread(target=slow_call)
+    thread.start()
+    time.sleep(0.7)  # running on the owner, relayed by the other worker
+    assert owner.process is not None
+    owner.process.send_signal(signal.SIGTERM)
+    thread.join(timeout=15)
+    assert [a["result"]["content"][0]["text"] for a in answers] == ["slept 2 s"]
+    assert owner.process.wait(timeout=30) == 0
+    # The drained owner took its sessions with it: the next request for one is a 404 at once.
+    assert through.post({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}).status_code == 404
     session.close()
     through.close()
 

@@ -61,8 +61,11 @@ def test_it_asks_for_a_token_with_resource_metadata(server: LiveServer, path: st
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith("Bearer ")
     assert f'resource_metadata="{server.url}/.well-known/oauth-protected-resource{path}"' in challenge
+    # The scope a token needs, so a client asks for it (MCP 2025-11-25, RFC 6750 section 3).
+    assert 'scope="mcp"' in challenge
     metadata = httpx.get(f"{server.url}/.well-known/oauth-protected-resource{path}").json()
     assert metadata["resource"] == f"{server.url}{path}"
+    assert metadata["scopes_supported"] == ["mcp"]
 
 
 def test_it_rejects_an_unknown_token(server: LiveServer) -> None:
