@@ -53,16 +53,24 @@ def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
+COMMAND_CONNECTIONS = 32
+
+
 def command_client(url: str) -> aioredis.Redis:
     """Connections for commands: short timeouts, one retry (a stale pooled connection after a
-    Redis restart is replaced rather than failing the request)."""
-    return aioredis.Redis.from_url(
+    Redis restart is replaced rather than failing the request), and a bounded pool that
+    requests queue on: 200 sessions opened at once share a few dozen connections instead of
+    each opening its own (which made some wait past the connect timeout)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=COMMAND_CONNECTIONS,
+        timeout=COMMAND_TIMEOUT_SECONDS * 2,
         socket_timeout=COMMAND_TIMEOUT_SECONDS,
         socket_connect_timeout=COMMAND_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class Bus:

@@ -42,7 +42,7 @@ class MCPConsumer(AsyncConsumer):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         progress = {"started": False, "finished": False, "stream": False}
-        # Cancelled by the drain once its grace has run out (Worker.cancellable).
+        # Cancelled by the drain once its grace has run out (Worker.requests).
         cut = anyio.CancelScope()
 
         def unanswered() -> bytes:
@@ -74,8 +74,12 @@ class MCPConsumer(AsyncConsumer):
 
         try:
             worker = await get_worker()
-            with worker.cancellable(cut):
-                await self.serve(worker, scope, receive, tracked_send)
+            worker.requests.add(cut)  # the drain cancels these once its grace has run out
+            try:
+                with cut:
+                    await self.serve(worker, scope, receive, tracked_send)
+            finally:
+                worker.requests.discard(cut)
             if cut.cancelled_caught and not progress["started"]:
                 # The drain's grace ran out before this request was answered.
                 await send_unavailable(send, "This worker is restarting", retry_after=1)

@@ -59,9 +59,17 @@ def origin_allowed(origin: str) -> bool:
 
 def host_allowed(scope: Scope) -> bool:
     host = header(scope, b"host") or ""
-    # "[::1]:8787" or "localhost:8787"
-    name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
-    return bool(name) and validate_host(name, settings.ALLOWED_HOSTS)
+    known = _hosts_seen.get(host)
+    if known is None:
+        # "[::1]:8787" or "localhost:8787"
+        name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+        known = bool(name) and validate_host(name, settings.ALLOWED_HOSTS)
+        if len(_hosts_seen) < 256:  # Host is the client's to choose: a bounded memo
+            _hosts_seen[host] = known
+    return known
+
+
+_hosts_seen: dict[str, bool] = {}
 
 
 def cors_headers(origin: str) -> Headers:

@@ -8,6 +8,7 @@ worker, so one grep follows a call from the worker that took it to the one that 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -25,11 +26,16 @@ REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+_PREFIX = uuid.uuid4().hex[:8]
+_COUNTER = itertools.count(1)
+
+
 def request_id_from(value: str | None) -> str:
-    """The caller's id if it is a sane token (never echo arbitrary header text), else a new one."""
+    """The caller's id if it is a sane token (never echo arbitrary header text), else a new
+    one: unique per process (a random prefix) and cheap (a counter)."""
     if value and _VALID.match(value):
         return value
-    return uuid.uuid4().hex[:16]
+    return f"{_PREFIX}{next(_COUNTER):x}"
 
 
 class RequestIdFilter(logging.Filter):

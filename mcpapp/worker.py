@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
@@ -30,7 +30,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from .audit import AuditWriter
 from .auth import TOKEN_CACHE, apply_revocation
 from .bus import Bus
-from .events import MemoryEventStore
+from .events import SessionEventStore
 from .identity import SCOPE_KEY, Caller
 from .metrics import METRICS
 from .registry import LocalRegistry, RedisRegistry, Registry, SessionEntry
@@ -45,11 +45,21 @@ REGISTRY_REFRESH_FRACTION = 3  # refresh session entries three times per idle ti
 
 
 class SessionManager(StreamableHTTPSessionManager):
-    """The SDK's manager, telling the worker when a session ends (however it ends)."""
+    """The SDK's manager, giving each session an event store of its own and telling the
+    worker when a session ends (however it ends)."""
 
     def __init__(self, *args: Any, on_discard: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_discard = on_discard
+
+    def _admit_session(self, requestor: Any) -> StreamableHTTPServerTransport | None:
+        transport = super()._admit_session(requestor)
+        if transport is not None:
+            # One store per session: a resumption can only replay its own session's events.
+            transport._event_store = SessionEventStore(
+                max_events=settings.MCP_SSE_REPLAY_EVENTS, max_age_seconds=settings.MCP_SSE_REPLAY_SECONDS
+            )
+        return transport
 
     async def _discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
         known = session_id in self._server_instances
@@ -66,7 +76,9 @@ class Worker:
         self.server.audit = self.audit
         self.manager = SessionManager(
             app=self.server._lowlevel_server,
-            event_store=MemoryEventStore(),
+            # Replaced by a store per session (SessionManager._admit_session); set here so the
+            # SDK knows sessions are resumable.
+            event_store=SessionEventStore(max_events=1, max_age_seconds=1),
             json_response=False,
             stateless=False,
             # Host and Origin are checked in front of this (mcpapp.guards), against PUBLIC_URL.
@@ -101,7 +113,7 @@ class Worker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._streams: set[anyio.CancelScope] = set()
-        self._requests: set[anyio.CancelScope] = set()
+        self.requests: set[anyio.CancelScope] = set()
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,7 +131,7 @@ class Worker:
                 "tunnel_pending": lambda: len(self.tunnel.pending) if self.tunnel else 0,
                 "tunnel_serving": lambda: len(self.tunnel.serving) if self.tunnel else 0,
                 "streams": lambda: len(self._streams),
-                "requests": lambda: len(self._requests),
+                "requests": lambda: len(self.requests),
                 "inflight": lambda: self._inflight,
                 "audit_buffer": lambda: self.audit.pending,
                 "last_used_throttle": lambda: self.audit.throttle_entries,
@@ -208,7 +220,7 @@ class Worker:
             logger.warning(
                 "drain: %d request(s) still running after %.0f s; ending them", self._inflight, grace
             )
-            for scope in list(self._requests):
+            for scope in list(self.requests):
                 scope.cancel()
             await self._wait_idle(until=time.monotonic() + 1.0)
         if self.tunnel is not None:
@@ -278,16 +290,6 @@ class Worker:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
-
-    @contextlib.contextmanager
-    def cancellable(self, scope: anyio.CancelScope) -> Iterator[anyio.CancelScope]:
-        """A request the drain may cut short once its grace has run out."""
-        self._requests.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._requests.discard(scope)
 
     def endable(self, receive: Receive) -> Receive:
         """`receive` for a long-lived stream: the drain ends it by faking the client's leave."""

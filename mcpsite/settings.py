@@ -441,6 +441,9 @@ MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 3600, minimum=10)
 # SSE `retry` (milliseconds) sent in the priming event of Streamable HTTP streams, so a client
 # whose stream is closed reconnects with Last-Event-ID after that long (0: none sent).
 MCP_SSE_RETRY_MS = env_int("MCP_SSE_RETRY_MS", 1000)
+# What a session keeps for resumption: its last this many events, for at most this long.
+MCP_SSE_REPLAY_EVENTS = env_int("MCP_SSE_REPLAY_EVENTS", 200, minimum=1)
+MCP_SSE_REPLAY_SECONDS = env_int("MCP_SSE_REPLAY_SECONDS", 300, minimum=1)
 # Threads for plain (sync) tools; each keeps its database connection.
 MCP_TOOL_THREADS = env_int("MCP_TOOL_THREADS", 8, minimum=1)
 # Tool-call audit records are buffered and written in batches: at most this many waiting

@@ -404,3 +404,50 @@ def test_a_stream_the_server_closes_mid_call_primes_resumption_and_resumes(
     answer = resume(fixture_server.url, token["access_token"], client, events[-1]["id"], 61)
     assert answer["result"]["content"][0]["text"] == "Reconnection test completed successfully"
     client.close()
+
+
+def test_a_resumption_replays_only_its_own_sessions_events(fixture_server: LiveServer) -> None:
+    # Two sessions use the same request id; one drops its stream and resumes while the other's
+    # events for that id are stored. It must get its own answer, never the other session's.
+    token = obtain_token(fixture_server.url, logged_in(fixture_server, ("rita", "rita-password-123")))
+    mine, theirs = (
+        MCPHttp(fixture_server.url, token["access_token"], version="2025-11-25") for _ in range(2)
+    )
+    mine.initialize()
+    theirs.initialize()
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "test_reconnection", "arguments": {}},
+    }
+    with httpx.Client(timeout=30) as http:
+        cut = http.post(f"{fixture_server.url}/mcp", content=json.dumps(call), headers=mine.headers())
+        other = http.post(
+            f"{fixture_server.url}/mcp",
+            content=json.dumps({**call, "params": {"name": "test_tool_with_logging", "arguments": {}}}),
+            headers=theirs.headers(),
+        )
+    assert cut.status_code == other.status_code == 200
+    assert any("Tool with logging executed successfully" in e.get("data", "") for e in raw_events(other))
+    stream = SSEStream(
+        fixture_server.url,
+        token["access_token"],
+        path="/mcp",
+        **{
+            "Mcp-Session-Id": mine.session_id or "",
+            "MCP-Protocol-Version": mine.version,
+            "Last-Event-ID": raw_events(cut)[-1]["id"],
+        },
+    )
+    replayed = []
+    while True:
+        message = stream.next_message(timeout=10)
+        replayed.append(message)
+        if message.get("id") == 7:
+            break
+    stream.close()
+    assert replayed[-1]["result"]["content"][0]["text"] == "Reconnection test completed successfully"
+    assert not [m for m in replayed if m.get("method") == "notifications/message"]
+    mine.close()
+    theirs.close()
