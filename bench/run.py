@@ -1,10 +1,13 @@
-"""One benchmark run: each chosen server in turn, measured by the same load generator.
+"""One benchmark run: the chosen servers side by side, measured by the same load generator.
 
     python -m bench [--quick] [--only ours-prod,sdk-daphne] [--transport sse] [--seconds 3]
 
 The servers run pinned to one CPU (taskset), this process (the load generator) to another.
-Per server: start, warm up, idle SSE memory, concurrent session setup per transport, load at
-each session count per transport, what was left behind, stop (SIGTERM), audit rows.
+All servers are started first (all pinned to the same CPU; only the one under load uses it).
+Then: warm-up, idle SSE memory, concurrent session setup per transport, load at each session
+count per transport, the setup and load phases in rounds that visit every server in turn
+(`--rounds`, so slow drift of the machine spreads over all of them), what was left behind,
+stop (SIGTERM), audit rows.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--transport", default=",".join(TRANSPORTS), help="sse, streamable or both")
     parser.add_argument("--sessions", default="10,100", help="concurrent sessions of the load phases")
     parser.add_argument("--seconds", type=float, help="length of each load phase (default 10, quick 2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds per load and setup phase, each visiting every server (default 3, quick 1)",
+    )
     parser.add_argument("--warmup", type=float, help="warm-up per transport, seconds (default 2, quick 0.5)")
     parser.add_argument("--setup-sessions", type=int, help="sessions opened at once (default 200, quick 100)")
     parser.add_argument(
@@ -59,6 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     quick = args.quick
     args.seconds = args.seconds if args.seconds is not None else (2.0 if quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 2.0)
+    args.rounds = max(1, args.rounds if args.rounds is not None else (1 if quick else 3))
+    args.seconds = max(args.seconds, 0.5 * args.rounds)
     args.setup_sessions = args.setup_sessions or (100 if quick else 200)
     args.idle_sessions = args.idle_sessions or (100 if quick else 300)
     args.servers = _choices(args.only, SERVERS, "--only")
@@ -179,79 +190,143 @@ def log_problems(server: Server) -> dict[str, Any]:
     }
 
 
-def measure(server: Server, args: argparse.Namespace) -> dict[str, Any]:
-    """Every phase against one started server."""
-    target = loadgen.Target("127.0.0.1", server.port, token=server.token)
-    out: dict[str, Any] = {"description": DESCRIPTIONS[server.name], "pid": server.pid, **server.facts}
-    answered = 0
+def merged_load(results: list[loadgen.LoadResult]) -> loadgen.LoadResult:
+    """The rounds of one load phase as one result: calls and seconds summed, latencies pooled."""
+    errors = loadgen.Errors()
+    for result in results:
+        errors.count += result.errors.count
+        errors.samples.extend(result.errors.samples[: max(0, 5 - len(errors.samples))])
+    return loadgen.LoadResult(
+        transport=results[0].transport,
+        sessions=results[0].sessions,
+        seconds=sum(r.seconds for r in results),
+        calls=sum(r.calls for r in results),
+        errors=errors,
+        latencies=[latency for r in results for latency in r.latencies],
+        server_cpu_seconds=sum(r.server_cpu_seconds for r in results),
+        generator_cpu_seconds=sum(r.generator_cpu_seconds for r in results),
+    )
 
-    def alive(phase: str) -> None:
+
+def merged_setup(results: list[loadgen.SetupResult]) -> loadgen.SetupResult:
+    errors = loadgen.Errors()
+    for result in results:
+        errors.count += result.errors.count
+        errors.samples.extend(result.errors.samples[: max(0, 5 - len(errors.samples))])
+    return loadgen.SetupResult(
+        transport=results[0].transport,
+        sessions=results[0].sessions,
+        times=[t for r in results for t in r.times],
+        calls=sum(r.calls for r in results),
+        errors=errors,
+    )
+
+
+def measure(servers: dict[str, Server], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every phase against every started server, interleaved.
+
+    The machine's own noise (another process waking up, the CPU's clock) drifts over minutes;
+    measuring one server after the other puts that drift into the ratios. So each load and
+    setup phase runs in `args.rounds` rounds, and each round visits every server in turn;
+    a server's figures pool its rounds.
+    """
+    outs: dict[str, dict[str, Any]] = {}
+    answered: Counter[str] = Counter()
+    before: dict[str, dict[str, Any]] = {}
+    channels_before: dict[str, set[str]] = {}
+    targets = {name: loadgen.Target("127.0.0.1", s.port, token=s.token) for name, s in servers.items()}
+
+    def alive(server: Server, phase: str) -> None:
         if not server.alive():
             raise BenchError(
                 f"{server.name} died during {phase} (status {server.process.returncode}); "
                 f"the end of {server.log_path}:\n{server.log_tail()}"
             )
 
-    before: dict[str, Any] = {"rss_kib": server.rss_kib()}
-    channels_before: set[str] = set()
-    if server.redis_url:
-        snap, channels_before = redis_snapshot(server.redis_url)
-        before["redis"] = snap.as_dict()
+    for name, server in servers.items():
+        outs[name] = {"description": DESCRIPTIONS[name], "pid": server.pid, **server.facts}
+        before[name] = {"rss_kib": server.rss_kib()}
+        if server.redis_url:
+            snap, channels_before[name] = redis_snapshot(server.redis_url)
+            before[name]["redis"] = snap.as_dict()
 
-    say(f"  warm-up: {args.warmup:g} s per transport")
-    for transport in args.transports:
-        warm = asyncio.run(loadgen.load(target, transport, 10, args.warmup, server.cpu_seconds))
-        answered += warm.calls
-        if warm.errors.count:
-            say(f"    warm-up {transport}: {warm.errors.count} errors, e.g. {warm.errors.samples[0]}")
-        alive("the warm-up")
+    say(f"warm-up: {args.warmup:g} s per transport and server")
+    for name, server in servers.items():
+        for transport in args.transports:
+            warm = asyncio.run(loadgen.load(targets[name], transport, 10, args.warmup, server.cpu_seconds))
+            answered[name] += warm.calls
+            if warm.errors.count:
+                say(
+                    f"  {name} warm-up {transport}: {warm.errors.count} errors, e.g. {warm.errors.samples[0]}"
+                )
+            alive(server, "the warm-up")
 
     if "sse" in args.transports:
-        say(f"  idle memory: {args.idle_sessions} SSE sessions")
-        out["idle"] = idle_summary(asyncio.run(loadgen.idle(target, args.idle_sessions, server.rss_kib)))
-        alive("the idle-memory phase")
-
-    out["setup"] = {}
-    for transport in args.transports:
-        say(f"  setup: {args.setup_sessions} {transport} sessions at once")
-        opened = asyncio.run(loadgen.setup(target, transport, args.setup_sessions))
-        answered += opened.calls
-        out["setup"][transport] = setup_summary(opened)
-        alive("the session-setup phase")
-
-    out["load"] = {}
-    for transport in args.transports:
-        out["load"][transport] = {}
-        for sessions in args.session_counts:
-            say(f"  load: {transport}, {sessions} sessions, {args.seconds:g} s")
-            result = asyncio.run(loadgen.load(target, transport, sessions, args.seconds, server.cpu_seconds))
-            answered += result.calls
-            out["load"][transport][str(sessions)] = summary = load_summary(result)
-            say(
-                f"    {summary['calls_per_s']} calls/s, p50 {summary['p50_ms']} ms, "
-                f"p99 {summary['p99_ms']} ms, {summary['errors']} errors"
+        say(f"idle memory: {args.idle_sessions} SSE sessions per server")
+        for name, server in servers.items():
+            outs[name]["idle"] = idle_summary(
+                asyncio.run(loadgen.idle(targets[name], args.idle_sessions, server.rss_kib))
             )
-            alive("the load phase")
+            alive(server, "the idle-memory phase")
+
+    for name in servers:
+        outs[name]["setup"] = {}
+    for transport in args.transports:
+        say(f"setup: {args.setup_sessions} {transport} sessions at once, {args.rounds} rounds")
+        rounds: dict[str, list[loadgen.SetupResult]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, server in servers.items():
+                opened = asyncio.run(loadgen.setup(targets[name], transport, args.setup_sessions))
+                answered[name] += opened.calls
+                rounds[name].append(opened)
+                alive(server, "the session-setup phase")
+        for name in servers:
+            outs[name]["setup"][transport] = setup_summary(merged_setup(rounds[name]))
+
+    for name in servers:
+        outs[name]["load"] = {transport: {} for transport in args.transports}
+    each = args.seconds / args.rounds
+    for transport in args.transports:
+        for sessions in args.session_counts:
+            say(f"load: {transport}, {sessions} sessions, {args.rounds} rounds of {each:g} s per server")
+            loads: dict[str, list[loadgen.LoadResult]] = {name: [] for name in servers}
+            for _ in range(args.rounds):
+                for name, server in servers.items():
+                    result = asyncio.run(
+                        loadgen.load(targets[name], transport, sessions, each, server.cpu_seconds)
+                    )
+                    answered[name] += result.calls
+                    loads[name].append(result)
+                    alive(server, "the load phase")
+            for name in servers:
+                outs[name]["load"][transport][str(sessions)] = summary = load_summary(
+                    merged_load(loads[name])
+                )
+                say(
+                    f"  {name}: {summary['calls_per_s']} calls/s, p50 {summary['p50_ms']} ms, "
+                    f"p99 {summary['p99_ms']} ms, {summary['errors']} errors"
+                )
 
     time.sleep(2)  # let sessions that just ended be cleaned up before looking
-    after: dict[str, Any] = {"rss_kib": server.rss_kib()}
-    new_channels: list[str] = []
-    if server.redis_url:
-        snap, channels_after = redis_snapshot(server.redis_url)
-        after["redis"] = snap.as_dict()
-        new_channels = sorted(channels_after - channels_before)
-    server.stop()
-    out["left_behind"] = {
-        "before": before,
-        "after": after,
-        "new_pubsub_channels": len(new_channels),
-        "new_pubsub_channel_examples": new_channels[:5],
-        "exit_status": server.process.returncode,
-        "calls_answered": answered,
-        "audit_rows": audit_rows(server),
-        "log": log_problems(server),
-    }
-    return out
+    for name, server in servers.items():
+        after: dict[str, Any] = {"rss_kib": server.rss_kib()}
+        new_channels: list[str] = []
+        if server.redis_url:
+            snap, channels_after = redis_snapshot(server.redis_url)
+            after["redis"] = snap.as_dict()
+            new_channels = sorted(channels_after - channels_before[name])
+        server.stop()
+        outs[name]["left_behind"] = {
+            "before": before[name],
+            "after": after,
+            "new_pubsub_channels": len(new_channels),
+            "new_pubsub_channel_examples": new_channels[:5],
+            "exit_status": server.process.returncode,
+            "calls_answered": answered[name],
+            "audit_rows": audit_rows(server),
+            "log": log_problems(server),
+        }
+    return outs
 
 
 def say(text: str) -> None:
@@ -315,31 +390,50 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "setup_sessions": args.setup_sessions,
             "idle_sessions": args.idle_sessions,
+            "rounds": args.rounds,
             "quick": args.quick,
         },
         "servers": {},
         "logs": str(logs),
     }
     failed = False
-    for name in args.servers:
-        say(f"{name}: starting ({DESCRIPTIONS[name]})")
-        t0 = time.monotonic()
-        try:
-            with running(name, logs, None if args.no_pin else args.server_cpu) as server:
+    try:
+        with ExitStack() as stack:
+            servers: dict[str, Server] = {}
+            for name in args.servers:
+                say(f"{name}: starting ({DESCRIPTIONS[name]})")
+                t0 = time.monotonic()
+                try:
+                    server = stack.enter_context(
+                        running(name, logs, None if args.no_pin else args.server_cpu)
+                    )
+                except (BenchError, RuntimeError, OSError) as exc:
+                    failed = True
+                    results["servers"][name] = {"description": DESCRIPTIONS[name], "failed": str(exc)}
+                    say(f"  FAILED: {exc}")
+                    continue
+                servers[name] = server
                 say(f"  up on {server.url} (PID {server.pid}) after {time.monotonic() - t0:.1f} s")
-                results["servers"][name] = measure(server, args)
-        except KeyboardInterrupt:
-            say("bench: interrupted; every server it started is stopped")
-            return 130
-        except (BenchError, RuntimeError, OSError) as exc:
-            failed = True
-            results["servers"][name] = {"description": DESCRIPTIONS[name], "failed": str(exc)}
-            say(f"  FAILED: {exc}")
-        except Exception as exc:  # a bug of the bench itself: say where, measure the others
-            failed = True
-            results["servers"][name] = {"description": DESCRIPTIONS[name], "failed": f"bench bug: {exc!r}"}
-            say(f"  FAILED (bench bug):\n{traceback.format_exc()}")
-        results["servers"][name]["wall_s"] = round(time.monotonic() - t0, 1)
+            t0 = time.monotonic()
+            try:
+                results["servers"].update(measure(servers, args))
+            except (BenchError, RuntimeError, OSError) as exc:
+                failed = True
+                for name in servers:
+                    results["servers"][name] = {"description": DESCRIPTIONS[name], "failed": str(exc)}
+                say(f"  FAILED: {exc}")
+            except Exception as exc:  # a bug of the bench itself: say where
+                failed = True
+                for name in servers:
+                    results["servers"][name] = {
+                        "description": DESCRIPTIONS[name],
+                        "failed": f"bench bug: {exc!r}",
+                    }
+                say(f"  FAILED (bench bug):\n{traceback.format_exc()}")
+            results["measure_wall_s"] = round(time.monotonic() - t0, 1)
+    except KeyboardInterrupt:
+        say("bench: interrupted; every server it started is stopped")
+        return 130
     results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["ratios"] = report.ratios(results)
     results["targets"] = report.targets(results)
