@@ -37,7 +37,7 @@ from .servers import DESCRIPTIONS, SERVERS, Server, running
 from .stores import BenchError, redis_snapshot, require_services
 
 TRANSPORTS = ("sse", "streamable")
-PACKAGES = ("mcp", "daphne", "twisted", "uvicorn", "starlette", "django", "channels", "channels-redis", "h11")
+PACKAGES = ("mcp", "daphne", "twisted", "uvicorn", "starlette", "django", "channels", "redis", "h11")
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -4,7 +4,7 @@
   environment (image ENV + .env.example + `environment`, read from the files the way the
   deployment test reads them), on a fresh PostgreSQL database and a Redis database of our
   own, migrated with the `migrate` service's command, DEBUG off, one daphne worker.
-- ours-local: what `make run` starts (SQLite, in-memory channel layer, local-memory cache),
+- ours-local: what `make run` starts (SQLite, local-memory cache, one process),
   with DEBUG off so that only the stores differ from production.
 - sdk-daphne / sdk-uvicorn: the `mcp` SDK's own app (bench/sdk_app.py), no auth.
 """
@@ -43,7 +43,7 @@ SECRET_KEY = "bench-secret-key-long-enough-for-the-production-checks-0123456789"
 SERVERS = ("ours-prod", "ours-local", "sdk-daphne", "sdk-uvicorn")
 DESCRIPTIONS = {
     "ours-prod": "this server, production mode: compose's web service (daphne, 1 worker), PostgreSQL + Redis",
-    "ours-local": "this server, local mode: SQLite, in-memory channel layer, local-memory cache, DEBUG off",
+    "ours-local": "this server, local mode: SQLite, local-memory cache, one process, DEBUG off",
     "sdk-daphne": "the mcp SDK's app under daphne, no auth (session manager started by the first request)",
     "sdk-uvicorn": "the mcp SDK's app under uvicorn (--http h11 --loop asyncio), no auth",
 }

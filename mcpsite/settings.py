@@ -1,7 +1,7 @@
 """Settings for the remote MCP server.
 
 Every knob comes from the environment (or a `.env` file beside manage.py) and has a local
-default that boots: SQLite, the local-memory cache and the in-memory channel layer. A
+default that boots: SQLite and the local-memory cache, in one process. A
 deployment sets `DATABASE_URL`, `REDIS_URL`, `SECRET_KEY`, `PUBLIC_URL` and `DEBUG=false`;
 with `DEBUG` off the module refuses to load on an unsafe value rather than run insecurely.
 `.env.example` lists every variable with a comment.
