@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.live import LiveServer, create_users, free_port, prepare_server
+from tests.support.live import LiveServer, worker_pair
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, raw_events, resume
 from tests.support.oauth import Browser, obtain_token
 from tests.support.services import fresh_postgres_database, fresh_redis_database
@@ -22,20 +22,13 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, LiveServer]]:
     tmp: Path = tmp_path_factory.mktemp("workers")
     with fresh_postgres_database() as database_url, fresh_redis_database() as redis_url:
-        port_a, port_b = free_port(), free_port()
-        public = f"http://127.0.0.1:{port_a}"
-        first = prepare_server(
+        first, second = worker_pair(
             tmp,
             database_url=database_url,
-            port=port_a,
-            REDIS_URL=redis_url,
-            PUBLIC_URL=public,
+            redis_url=redis_url,
+            users=(("alice", "alice-password-123", {}), ("bob", "bob-password-456", {})),
             MCP_CONFORMANCE_FIXTURES="true",  # test_reconnection, for resumption
         )
-        create_users(first.env, ("alice", "alice-password-123", {}), ("bob", "bob-password-456", {}))
-        second = LiveServer(env={**first.env}, port=port_b, log_path=tmp / f"server-{port_b}.log")
-        first.start()
-        second.start()
         try:
             yield first, second
         finally:

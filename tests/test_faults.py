@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.live import LiveServer, create_users, free_port, prepare_server
+from tests.support.live import LiveServer, create_users, prepare_server, worker_pair
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, sse_messages
 from tests.support.oauth import Browser, obtain_token
 from tests.support.private_services import PrivatePostgres, PrivateRedis
@@ -45,20 +45,9 @@ class Pair:
 
 
 def two_workers(tmp: Path, *, database_url: str, redis_url: str, **env: str) -> Pair:
-    port_a, port_b = free_port(), free_port()
-    first = prepare_server(
-        tmp,
-        database_url=database_url,
-        port=port_a,
-        REDIS_URL=redis_url,
-        PUBLIC_URL=f"http://127.0.0.1:{port_a}",
-        **env,
+    return Pair(
+        *worker_pair(tmp, database_url=database_url, redis_url=redis_url, users=((*USER, {}),), **env)
     )
-    create_users(first.env, (*USER, {}))
-    second = LiveServer(env={**first.env}, port=port_b, log_path=tmp / f"server-{port_b}.log")
-    first.start()
-    second.start()
-    return Pair(first, second)
 
 
 def post(url: str, token: str, body: dict, **headers: str) -> httpx.Response:
@@ -139,75 +128,69 @@ def test_a_killed_workers_sessions_answer_404_within_two_seconds_and_its_relayed
     legacy.close()
 
 
+@dataclass
+class RelayedCall:
+    """A slow call on a session of the pair's first worker, sent through the second."""
+
+    session: MCPHttp
+    through: MCPHttp
+    thread: threading.Thread
+    answers: list[dict[str, Any]]
+
+    def close(self) -> None:
+        self.session.close()
+        self.through.close()
+
+
+def relayed_slow_call(pair: Pair, token: str, *, seconds: float, request_id: int) -> RelayedCall:
+    session = MCPHttp(pair.first.url, token)
+    session.initialize()
+    through = MCPHttp(pair.second.url, token)
+    through.session_id = session.session_id
+    answers: list[dict[str, Any]] = []
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": "test_sleep", "arguments": {"seconds": seconds}},
+    }
+
+    def run() -> None:
+        response = through.post(body)
+        answers.extend(m for m in sse_messages(response.text) if m.get("id") == request_id)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.8)  # the call is running on the owner, relayed by the other worker
+    return RelayedCall(session, through, thread, answers)
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_a_call_running_on_a_killed_worker_gets_a_retryable_error_through_the_other(pair: Pair) -> None:
-    token = pair.token()
-    owner, other = pair.first, pair.second
-    session = MCPHttp(owner.url, token)
-    session.initialize()
-    through = MCPHttp(other.url, token)
-    through.session_id = session.session_id
-    answers: list[dict] = []
-
-    def slow_call() -> None:
-        response = through.post(
-            {
-                "jsonrpc": "2.0",
-                "id": 9,
-                "method": "tools/call",
-                "params": {"name": "test_sleep", "arguments": {"seconds": 20}},
-            }
-        )
-        answers.extend(m for m in sse_messages(response.text) if m.get("id") == 9)
-
-    thread = threading.Thread(target=slow_call)
-    thread.start()
-    time.sleep(1)  # the call is running on the owner, relayed by the other worker
-    assert owner.process is not None
-    owner.process.kill()
+    call = relayed_slow_call(pair, pair.token(), seconds=20, request_id=9)
+    assert pair.first.process is not None
+    pair.first.process.kill()
     killed = time.monotonic()
-    thread.join(timeout=10)
+    call.thread.join(timeout=10)
     assert time.monotonic() - killed < 2.5
-    assert [a["error"]["code"] for a in answers] == [-32001]
-    session.close()
-    through.close()
+    assert [a["error"]["code"] for a in call.answers] == [-32001]
+    call.close()
 
 
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_a_call_forwarded_to_a_draining_worker_gets_its_answer(pair: Pair) -> None:
-    token = pair.token()
-    owner, other = pair.first, pair.second
-    session = MCPHttp(owner.url, token)
-    session.initialize()
-    through = MCPHttp(other.url, token)
-    through.session_id = session.session_id
-    answers: list[dict] = []
-
-    def slow_call() -> None:
-        response = through.post(
-            {
-                "jsonrpc": "2.0",
-                "id": 8,
-                "method": "tools/call",
-                "params": {"name": "test_sleep", "arguments": {"seconds": 2}},
-            }
-        )
-        answers.extend(m for m in sse_messages(response.text) if m.get("id") == 8)
-
-    thread = threading.Thread(target=slow_call)
-    thread.start()
-    time.sleep(0.7)  # running on the owner, relayed by the other worker
+    call = relayed_slow_call(pair, pair.token(), seconds=2, request_id=8)
+    owner, through, answers = pair.first, call.through, call.answers
     assert owner.process is not None
     owner.process.send_signal(signal.SIGTERM)
-    thread.join(timeout=15)
+    call.thread.join(timeout=15)
     assert [a["result"]["content"][0]["text"] for a in answers] == ["slept 2 s"]
     assert owner.process.wait(timeout=30) == 0
     # The drained owner took its sessions with it: the next request for one is a 404 at once.
     assert through.post({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}).status_code == 404
-    session.close()
-    through.close()
+    call.close()
 
 
 def call_add(url: str, token: str, session_id: str, n: int) -> httpx.Response:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from tests.support.live import LiveServer, create_users, free_port, prepare_server
+from tests.support.live import LiveServer, worker_pair
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body
 from tests.support.oauth import Browser, obtain_token
 from tests.support.services import fresh_postgres_database, fresh_redis_database
@@ -27,18 +27,9 @@ ROUNDS = 200
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, LiveServer, str]]:
     tmp: Path = tmp_path_factory.mktemp("leaks")
     with fresh_postgres_database() as database_url, fresh_redis_database() as redis_url:
-        port_a, port_b = free_port(), free_port()
-        first = prepare_server(
-            tmp,
-            database_url=database_url,
-            port=port_a,
-            REDIS_URL=redis_url,
-            PUBLIC_URL=f"http://127.0.0.1:{port_a}",
+        first, second = worker_pair(
+            tmp, database_url=database_url, redis_url=redis_url, users=(("lena", "lena-password-123", {}),)
         )
-        create_users(first.env, ("lena", "lena-password-123", {}))
-        second = LiveServer(env={**first.env}, port=port_b, log_path=tmp / f"server-{port_b}.log")
-        first.start()
-        second.start()
         try:
             yield first, second, redis_url
         finally:

@@ -18,7 +18,7 @@ import pytest
 from tests.support.flows import expire_refresh_grace
 from tests.support.forms import form_fields
 from tests.support.live import LiveServer, create_user, prepare_server
-from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, raw_events, resume
+from tests.support.mcp_http import ACCEPT, MCPHttp, initialize_body, raw_events, resume, resume_messages
 from tests.support.oauth import Browser, OAuthClient, admin_action, csrf_from, obtain_token
 
 
@@ -354,24 +354,7 @@ def test_a_dropped_stream_resumes_from_last_event_id(fixture_server: LiveServer)
     assert first_id
 
     # Reconnect with Last-Event-ID: the rest of the call's messages, the result last.
-    stream = SSEStream(
-        fixture_server.url,
-        token["access_token"],
-        path="/mcp",
-        **{
-            "Mcp-Session-Id": client.session_id or "",
-            "MCP-Protocol-Version": client.version,
-            "Last-Event-ID": first_id,
-        },
-    )
-    assert stream.status == 200
-    replayed = []
-    while True:
-        message = stream.next_message(timeout=10)
-        replayed.append(message)
-        if message.get("id") == 41:
-            break
-    stream.close()
+    replayed = resume_messages(fixture_server.url, token["access_token"], client, first_id, 41)
     logs = [m["params"]["data"] for m in replayed if m.get("method") == "notifications/message"]
     assert logs == ["Tool processing data", "Tool execution completed"]
     assert replayed[-1]["result"]["content"][0]["text"] == "Tool with logging executed successfully"
@@ -430,23 +413,7 @@ def test_a_resumption_replays_only_its_own_sessions_events(fixture_server: LiveS
         )
     assert cut.status_code == other.status_code == 200
     assert any("Tool with logging executed successfully" in e.get("data", "") for e in raw_events(other))
-    stream = SSEStream(
-        fixture_server.url,
-        token["access_token"],
-        path="/mcp",
-        **{
-            "Mcp-Session-Id": mine.session_id or "",
-            "MCP-Protocol-Version": mine.version,
-            "Last-Event-ID": raw_events(cut)[-1]["id"],
-        },
-    )
-    replayed = []
-    while True:
-        message = stream.next_message(timeout=10)
-        replayed.append(message)
-        if message.get("id") == 7:
-            break
-    stream.close()
+    replayed = resume_messages(fixture_server.url, token["access_token"], mine, raw_events(cut)[-1]["id"], 7)
     assert replayed[-1]["result"]["content"][0]["text"] == "Reconnection test completed successfully"
     assert not [m for m in replayed if m.get("method") == "notifications/message"]
     mine.close()

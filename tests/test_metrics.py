@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.live import LiveServer, create_users, free_port, prepare_server
+from tests.support.live import LiveServer, create_users, prepare_server, worker_pair
 from tests.support.mcp_http import MCPHttp
 from tests.support.oauth import Browser, obtain_token
 from tests.support.services import fresh_postgres_database, fresh_redis_database
@@ -109,20 +109,14 @@ def test_it_counts_a_known_sequence_of_requests(guarded: LiveServer) -> None:
 @pytest.mark.redis
 def test_json_logs_carry_one_request_id_across_the_forward(tmp_path: Path) -> None:
     with fresh_postgres_database() as database_url, fresh_redis_database() as redis_url:
-        port_a, port_b = free_port(), free_port()
-        first = prepare_server(
+        first, second = worker_pair(
             tmp_path,
             database_url=database_url,
-            port=port_a,
-            REDIS_URL=redis_url,
-            PUBLIC_URL=f"http://127.0.0.1:{port_a}",
+            redis_url=redis_url,
+            users=(("nora", "nora-password-123", {}),),
             LOG_FORMAT="json",
             LOG_LEVEL="INFO",
         )
-        create_users(first.env, ("nora", "nora-password-123", {}))
-        second = LiveServer(env={**first.env}, port=port_b, log_path=tmp_path / f"server-{port_b}.log")
-        first.start()
-        second.start()
         try:
             browser = Browser(first.url)
             assert browser.login("nora", "nora-password-123").status_code == 302

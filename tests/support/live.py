@@ -200,3 +200,34 @@ def prepare_server(
         env = base_env(port=port, database_url=database_url, **overrides)
         manage(env, "migrate", "--noinput")
     return LiveServer(env=env, port=port, log_path=tmp_dir / f"server-{port}.log")
+
+
+def worker_pair(
+    tmp_dir: Path,
+    *,
+    database_url: str,
+    redis_url: str,
+    users: tuple[tuple[str, str, dict[str, Any]], ...] = (),
+    **overrides: str,
+) -> tuple[LiveServer, LiveServer]:
+    """Two started workers on one database and one Redis, as compose runs replicas; clients
+    are given the first one's origin (PUBLIC_URL) and may use either."""
+    port_a, port_b = free_port(), free_port()
+    first = prepare_server(
+        tmp_dir,
+        database_url=database_url,
+        port=port_a,
+        REDIS_URL=redis_url,
+        PUBLIC_URL=f"http://127.0.0.1:{port_a}",
+        **overrides,
+    )
+    if users:
+        create_users(first.env, *users)
+    second = LiveServer(env={**first.env}, port=port_b, log_path=tmp_dir / f"server-{port_b}.log")
+    first.start()
+    try:
+        second.start()
+    except BaseException:
+        first.stop()
+        raise
+    return first, second

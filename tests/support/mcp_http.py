@@ -204,8 +204,11 @@ def raw_events(response: httpx.Response) -> list[dict[str, str]]:
     return events
 
 
-def resume(url: str, token: str, client: MCPHttp, last_event_id: str, request_id: int) -> dict[str, Any]:
-    """GET the stream again from `last_event_id`: the answer to `request_id`."""
+def resume_messages(
+    url: str, token: str, client: MCPHttp, last_event_id: str, request_id: int
+) -> list[dict[str, Any]]:
+    """GET the session's stream again from `last_event_id`: every message up to the answer to
+    `request_id`, that answer last."""
     stream = SSEStream(
         url,
         token,
@@ -217,8 +220,17 @@ def resume(url: str, token: str, client: MCPHttp, last_event_id: str, request_id
         },
     )
     assert stream.status == 200
-    while True:
-        message = stream.next_message(timeout=10)
-        if message.get("id") == request_id:
-            stream.close()
-            return message
+    messages = []
+    try:
+        while True:
+            message = stream.next_message(timeout=10)
+            messages.append(message)
+            if message.get("id") == request_id:
+                return messages
+    finally:
+        stream.close()
+
+
+def resume(url: str, token: str, client: MCPHttp, last_event_id: str, request_id: int) -> dict[str, Any]:
+    """The answer to `request_id`, fetched again from `last_event_id`."""
+    return resume_messages(url, token, client, last_event_id, request_id)[-1]
