@@ -82,19 +82,21 @@ def unfinished_request_events(body: bytes) -> bytes:
     return b"".join(events)
 
 
-async def send_json(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
+async def send_body(
+    send: Send, status: int, body: bytes, content_type: bytes, headers: Headers | None = None
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"cache-control", b"no-store"),
-                *(headers or []),
-            ],
+            "headers": [(b"content-type", content_type), (b"cache-control", b"no-store"), *(headers or [])],
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
+    await send_body(send, status, body, b"application/json", headers)
 
 
 async def send_jsonrpc_error(
@@ -115,18 +117,7 @@ async def send_unavailable(send: Send, what: str, *, retry_after: int = 2) -> No
 
 
 async def send_html(send: Send, status: int, body: str, headers: Headers | None = None) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/html; charset=utf-8"),
-                (b"cache-control", b"no-store"),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body.encode(), "more_body": False})
+    await send_body(send, status, body.encode(), b"text/html; charset=utf-8", headers)
 
 
 async def read_body(receive: Receive, limit: int) -> bytes | None:

@@ -212,7 +212,20 @@ class ConsentAdmin(admin.ModelAdmin):
         self.message_user(request, "Consents revoked.", messages.SUCCESS)
 
 
-class AccessTokenAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that only the server writes: listed and revoked with an action, never edited here."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class AccessTokenAdmin(ReadOnlyAdmin):
     """Access tokens, without a token column: they are stored as checksums, the token itself
     never (OAUTH2_PROVIDER["ACCESS_TOKEN_ADMIN_CLASS"]). Revoke, do not delete: revocation also
     ends the refresh token and drops the cached check."""
@@ -225,15 +238,6 @@ class AccessTokenAdmin(admin.ModelAdmin):
     readonly_fields = fields
     actions = ("revoke_tokens",)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     @admin.action(description="Revoke selected access tokens", permissions=["view"])
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
         count = 0
@@ -243,7 +247,7 @@ class AccessTokenAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {count} access token(s).", messages.SUCCESS)
 
 
-class RefreshTokenAdmin(admin.ModelAdmin):
+class RefreshTokenAdmin(ReadOnlyAdmin):
     """Refresh tokens, without a token column (stored as checksums too;
     OAUTH2_PROVIDER["REFRESH_TOKEN_ADMIN_CLASS"]). Revoked ones stay as tombstones for reuse
     detection until `prune_expired` removes them."""
@@ -255,15 +259,6 @@ class RefreshTokenAdmin(admin.ModelAdmin):
     fields = ("user", "application", "access_token", "created", "updated", "revoked")
     readonly_fields = fields
     actions = ("revoke_tokens",)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.action(description="Revoke selected refresh tokens", permissions=["view"])
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[RefreshToken]) -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.live import LiveServer, worker_pair
-from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, raw_events, resume
+from tests.support.mcp_http import MCPHttp, SSEStream, initialize_body, post_json, raw_events, resume
 from tests.support.oauth import Browser, obtain_token
 from tests.support.services import fresh_postgres_database, fresh_redis_database
 
@@ -52,15 +52,6 @@ def bob_token(workers: tuple[LiveServer, LiveServer]) -> str:
     return obtain_token(first.url, browser)["access_token"]
 
 
-def post(url: str, token: str, body: dict) -> httpx.Response:
-    return httpx.post(
-        url,
-        json=body,
-        headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"},
-        timeout=30,
-    )
-
-
 def test_an_sse_session_on_one_worker_takes_messages_through_the_other(
     workers: tuple[LiveServer, LiveServer], token: str
 ) -> None:
@@ -70,16 +61,19 @@ def test_an_sse_session_on_one_worker_takes_messages_through_the_other(
     assert event is not None and event[0] == "endpoint"
     endpoint = second.url + event[1]
 
-    assert post(endpoint, token, initialize_body("2024-11-05")).status_code == 202
+    assert post_json(endpoint, token, initialize_body("2024-11-05")).status_code == 202
     assert stream.next_message()["result"]["serverInfo"]["name"]
-    assert post(endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+    assert (
+        post_json(endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code
+        == 202
+    )
     call = {
         "jsonrpc": "2.0",
         "id": 7,
         "method": "tools/call",
         "params": {"name": "add", "arguments": {"a": 23, "b": 19}},
     }
-    assert post(endpoint, token, call).status_code == 202
+    assert post_json(endpoint, token, call).status_code == 202
     answer = stream.next_message()
     assert answer["id"] == 7
     assert answer["result"]["content"][0]["text"] == "42"
@@ -149,8 +143,8 @@ def test_another_users_token_cannot_reach_a_session_through_the_other_worker(
     stream = SSEStream(first.url, token)
     event = stream.next()
     assert event is not None and event[0] == "endpoint"
-    assert post(second.url + event[1], bob_token, initialize_body("2024-11-05")).status_code == 404
-    assert post(second.url + event[1], token, initialize_body("2024-11-05")).status_code == 202
+    assert post_json(second.url + event[1], bob_token, initialize_body("2024-11-05")).status_code == 404
+    assert post_json(second.url + event[1], token, initialize_body("2024-11-05")).status_code == 202
     assert stream.next_message()["result"]["protocolVersion"] == "2024-11-05"
     stream.close()
 
@@ -163,21 +157,23 @@ def test_an_ended_sse_session_answers_404_on_every_worker_at_once(
     event = stream.next()
     assert event is not None and event[0] == "endpoint"
     endpoint = event[1]
-    assert post(second.url + endpoint, token, initialize_body("2024-11-05")).status_code == 202
+    assert post_json(second.url + endpoint, token, initialize_body("2024-11-05")).status_code == 202
     stream.close()
     # The owner forgets the session when its stream ends; the other worker then finds no
     # owner to forward to and answers 404 itself, without waiting for one.
     deadline = time.monotonic() + 5
     while True:
         started = time.monotonic()
-        status = post(second.url + endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        status = post_json(
+            second.url + endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        )
         elapsed = time.monotonic() - started
         if status.status_code == 404 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert status.status_code == 404
     assert elapsed < 2
-    assert post(first.url + endpoint, token, initialize_body("2024-11-05")).status_code == 404
+    assert post_json(first.url + endpoint, token, initialize_body("2024-11-05")).status_code == 404
 
 
 def test_a_stream_closed_on_one_worker_resumes_through_the_other(

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.support.live import LiveServer, create_users, prepare_server, worker_pair
-from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, sse_messages
+from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, post_json, sse_messages
 from tests.support.oauth import Browser, obtain_token
 from tests.support.private_services import PrivatePostgres, PrivateRedis
 from tests.support.services import fresh_postgres_database, fresh_redis_database
@@ -47,20 +47,6 @@ class Pair:
 def two_workers(tmp: Path, *, database_url: str, redis_url: str, **env: str) -> Pair:
     return Pair(
         *worker_pair(tmp, database_url=database_url, redis_url=redis_url, users=((*USER, {}),), **env)
-    )
-
-
-def post(url: str, token: str, body: dict, **headers: str) -> httpx.Response:
-    return httpx.post(
-        url,
-        json=body,
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Accept": ACCEPT,
-            "Content-Type": "application/json",
-            **headers,
-        },
-        timeout=30,
     )
 
 
@@ -99,7 +85,7 @@ def test_a_killed_workers_sessions_answer_404_within_two_seconds_and_its_relayed
     event = legacy.next()
     assert event is not None and event[0] == "endpoint"
     endpoint = other.url + event[1]
-    assert post(endpoint, token, initialize_body("2024-11-05")).status_code == 202
+    assert post_json(endpoint, token, initialize_body("2024-11-05")).status_code == 202
 
     assert owner.process is not None
     owner.process.kill()
@@ -113,7 +99,7 @@ def test_a_killed_workers_sessions_answer_404_within_two_seconds_and_its_relayed
     assert answer.status_code == 404, answer.text
     assert answer.json()["error"]["code"] == -32600
     assert time.monotonic() - killed < 2
-    gone = post(endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    gone = post_json(endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"})
     assert gone.status_code == 404
     # The stream relayed for the dead worker's session ended, properly, within 2 s.
     assert relayed.ended_within(max(0.1, 2 - (time.monotonic() - killed))), "the relayed stream stayed open"
@@ -194,7 +180,7 @@ def test_a_call_forwarded_to_a_draining_worker_gets_its_answer(pair: Pair) -> No
 
 
 def call_add(url: str, token: str, session_id: str, n: int) -> httpx.Response:
-    return post(
+    return post_json(
         f"{url}/mcp",
         token,
         {
@@ -244,7 +230,7 @@ def test_redis_down_and_back_gives_retryable_503s_and_recovers_by_itself(tmp_pat
             # Reaching it through the other worker needs Redis: a retryable 503, not a 500.
             assert_retryable(call_add(other.url, token, sid, 3))
             # No new session while sessions cannot be registered; a legacy stream neither.
-            assert_retryable(post(f"{other.url}/mcp", token, initialize_body()))
+            assert_retryable(post_json(f"{other.url}/mcp", token, initialize_body()))
             sse = httpx.get(f"{owner.url}/sse", headers={"Authorization": f"Bearer {token}"}, timeout=10)
             assert_retryable(sse)
             health = httpx.get(f"{owner.url}/healthz", timeout=10)
@@ -290,7 +276,7 @@ def test_postgres_down_and_back_keeps_cached_callers_working_and_loses_no_audit_
             for n in range(3):
                 assert session.call("add", {"a": n, "b": 100})["result"]["content"][0]["text"] == str(n + 100)
             # A token never seen needs the database: a retryable 503, not a 500.
-            assert_retryable(post(f"{server.url}/mcp", unused, initialize_body()))
+            assert_retryable(post_json(f"{server.url}/mcp", unused, initialize_body()))
             health = httpx.get(f"{server.url}/healthz", timeout=10)
             assert health.status_code == 503 and health.json()["checks"]["database"].startswith("error")
 

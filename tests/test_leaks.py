@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tests.support.live import LiveServer, worker_pair
-from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body
+from tests.support.mcp_http import MCPHttp, SSEStream, initialize_body, post_json
 from tests.support.oauth import Browser, obtain_token
 from tests.support.services import fresh_postgres_database, fresh_redis_database
 
@@ -67,15 +67,6 @@ def settled(check: object, expected: object, seconds: float = 15) -> object:
     return value
 
 
-def post(url: str, token: str, body: dict) -> httpx.Response:
-    return httpx.post(
-        url,
-        json=body,
-        headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"},
-        timeout=30,
-    )
-
-
 def test_two_hundred_requests_of_each_kind_leave_nothing_behind(
     pair: tuple[LiveServer, LiveServer, str],
 ) -> None:
@@ -104,7 +95,7 @@ def test_two_hundred_requests_of_each_kind_leave_nothing_behind(
         stream = SSEStream(server.url, token)
         event = stream.next()
         assert event is not None and event[0] == "endpoint"
-        assert post(server.url + event[1], token, initialize_body("2024-11-05")).status_code == 202
+        assert post_json(server.url + event[1], token, initialize_body("2024-11-05")).status_code == 202
         assert stream.next_message()["id"] == 1
         stream.close()
 

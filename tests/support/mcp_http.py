@@ -27,6 +27,21 @@ def initialize_body(version: str = "2025-06-18", request_id: int = 1) -> dict[st
     }
 
 
+def post_json(url: str, token: str, body: Any, **headers: str) -> httpx.Response:
+    """POST a JSON-RPC body to an MCP URL (a /mcp or /sse/message one) with the token."""
+    return httpx.post(
+        url,
+        json=body,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": ACCEPT,
+            "Content-Type": "application/json",
+            **headers,
+        },
+        timeout=30,
+    )
+
+
 def sse_messages(text: str) -> list[dict[str, Any]]:
     """The JSON payloads of the `message` events in an SSE body."""
     out = []
