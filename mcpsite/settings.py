@@ -355,12 +355,14 @@ OAUTH2_PROVIDER = {
 # failure backoff, in-flight cap); oauthapp.cimd adds this server's document policy.
 CIMD_ENABLED = env_bool("CIMD_ENABLED", True)
 # Fetch documents from http(s)://127.0.0.1, localhost or [::1] too: local development and the
-# tests. Accepted only when PUBLIC_URL is itself loopback, i.e. a server only this machine uses,
-# so no remote caller can make it fetch from its own loopback services.
+# tests. Accepted only with DEBUG=true (which itself needs a loopback PUBLIC_URL), i.e. on a
+# development server only this machine uses: no remote caller can make a server others reach
+# fetch from its own loopback services.
 CIMD_ALLOW_LOOPBACK = env_bool("CIMD_ALLOW_LOOPBACK", False)
-if CIMD_ALLOW_LOOPBACK and not PUBLIC_IS_LOOPBACK:
+if CIMD_ALLOW_LOOPBACK and not (DEBUG and PUBLIC_IS_LOOPBACK):
     raise ImproperlyConfigured(
-        f"CIMD_ALLOW_LOOPBACK is for a server on a loopback PUBLIC_URL only (PUBLIC_URL is {PUBLIC_URL})."
+        "CIMD_ALLOW_LOOPBACK=true is for local development only; "
+        "it needs DEBUG=true (and so a loopback PUBLIC_URL)."
     )
 CIMD_ALLOWED_HOSTS = env_list("CIMD_ALLOWED_HOSTS")
 _cimd_min_age = env_int("CIMD_CACHE_MIN_SECONDS", 300, minimum=1)

@@ -14,7 +14,7 @@ and caps concurrent fetches. It persists the client as a public `Application`
   `none` (its issue #1857);
 - the document's redirect URIs follow the registration policy (https, loopback http, allowed
   native schemes; never javascript: and the like);
-- with CIMD_ALLOW_LOOPBACK (only on a loopback PUBLIC_URL), documents on 127.0.0.1, localhost
+- with CIMD_ALLOW_LOOPBACK (only with DEBUG=true), documents on 127.0.0.1, localhost
   and [::1], over https or plain http, for local development and the tests;
 - every refusal is logged and remembered briefly (`cimd_failure_record`), so the authorization
   page can tell the user why the application was refused instead of "invalid client_id".

@@ -1,8 +1,9 @@
 """Client ID Metadata Documents against live servers: documents served on 127.0.0.1 by the test.
 
-`cimd_server` runs with CIMD_ALLOW_LOOPBACK (its PUBLIC_URL is loopback) and trusts the test's
-CA (SSL_CERT_FILE), so its https fetches of our documents go through the real TLS check; a
-1-second fetch timeout and a 1-second minimum cache age keep the slow and refetch cases short.
+`cimd_server` runs with CIMD_ALLOW_LOOPBACK, which only a development server may have (DEBUG=true,
+on a loopback PUBLIC_URL), and trusts the test's CA (SSL_CERT_FILE), so its https fetches of our
+documents go through the real TLS check; a 1-second fetch timeout and a 1-second minimum cache
+age keep the slow and refetch cases short.
 The shared `server` has the defaults: CIMD on, loopback documents refused.
 """
 
@@ -71,6 +72,7 @@ def http_docs() -> Iterator[DocumentServer]:
 def cimd_server(tmp_path_factory: pytest.TempPathFactory, test_ca: DocumentsCA) -> Iterator[LiveServer]:
     server = prepare_server(
         tmp_path_factory.mktemp("cimd"),
+        DEBUG="true",
         CIMD_ALLOW_LOOPBACK="true",
         CIMD_FETCH_TIMEOUT_SECONDS="1",
         CIMD_CACHE_MIN_SECONDS="1",
@@ -487,11 +489,17 @@ def settings_check(**env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_it_refuses_to_start_with_loopback_documents_on_a_public_url() -> None:
-    refused = settings_check(PUBLIC_URL="https://mcp.example.com", CIMD_ALLOW_LOOPBACK="true")
+def test_loopback_documents_are_refused_at_start_up_unless_debug_is_on() -> None:
+    # DEBUG=false is a server others reach: it never fetches from its own machine.
+    refused = settings_check(PUBLIC_URL="http://127.0.0.1:8787", CIMD_ALLOW_LOOPBACK="true")
     assert refused.returncode != 0
-    assert "CIMD_ALLOW_LOOPBACK is for a server on a loopback PUBLIC_URL only" in refused.stderr
-    allowed = settings_check(PUBLIC_URL="http://127.0.0.1:8787", CIMD_ALLOW_LOOPBACK="true")
+    assert refused.stderr.strip().splitlines() == [
+        "Configuration error: CIMD_ALLOW_LOOPBACK=true is for local development only; "
+        "it needs DEBUG=true (and so a loopback PUBLIC_URL)."
+    ]
+    public = settings_check(PUBLIC_URL="https://mcp.example.com", CIMD_ALLOW_LOOPBACK="true")
+    assert public.returncode != 0 and "CIMD_ALLOW_LOOPBACK=true is for local development only" in public.stderr
+    allowed = settings_check(PUBLIC_URL="http://127.0.0.1:8787", CIMD_ALLOW_LOOPBACK="true", DEBUG="true")
     assert allowed.returncode == 0, allowed.stderr
 
 
