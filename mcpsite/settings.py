@@ -303,6 +303,19 @@ LOGOUT_REDIRECT_URL = "home"
 # --- OAuth 2.1 authorization server (django-oauth-toolkit) ----------------------------------
 
 MCP_SCOPE = "mcp"
+# The scopes a token needs on /mcp and /sse (space- or comma-separated): `mcp` by default; an
+# operator may add scopes of their own. Each is offered by the authorization server and granted
+# by default, named in the 401 challenge and the protected-resource metadata, and a token that
+# lacks any gets 403 insufficient_scope naming every missing one. Personal tokens carry them all.
+MCP_REQUIRED_SCOPES = list(
+    dict.fromkeys(scope for scope in re.split(r"[\s,]+", env_str("MCP_REQUIRED_SCOPES", MCP_SCOPE)) if scope)
+)
+if not MCP_REQUIRED_SCOPES:
+    raise ImproperlyConfigured("MCP_REQUIRED_SCOPES must name at least one scope (the default is mcp).")
+for _scope in MCP_REQUIRED_SCOPES:
+    # RFC 6749 section 3.3: printable ASCII without space, double quote and backslash.
+    if not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", _scope):
+        raise ImproperlyConfigured(f"MCP_REQUIRED_SCOPES: {_scope!r} is not a valid OAuth scope")
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauthapp.Application"
 # The toolkit's own token models, named so our models can point at them (swappable models).
 OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
@@ -312,8 +325,15 @@ REFRESH_TOKEN_LIFETIME = env_int("REFRESH_TOKEN_LIFETIME", 30 * 24 * 3600, minim
 AUTHORIZATION_CODE_LIFETIME = env_int("AUTHORIZATION_CODE_LIFETIME", 60, minimum=10)
 
 OAUTH2_PROVIDER = {
-    "SCOPES": {MCP_SCOPE: "Use this server's MCP tools as you"},
-    "DEFAULT_SCOPES": [MCP_SCOPE],
+    "SCOPES": {
+        MCP_SCOPE: "Use this server's MCP tools as you",
+        **{
+            scope: f"The {scope} scope, which this server's MCP endpoints require"
+            for scope in MCP_REQUIRED_SCOPES
+            if scope != MCP_SCOPE
+        },
+    },
+    "DEFAULT_SCOPES": MCP_REQUIRED_SCOPES,
     "OAUTH2_VALIDATOR_CLASS": "oauthapp.validators.MCPOAuth2Validator",
     "APPLICATION_ADMIN_CLASS": "oauthapp.admin.ApplicationAdmin",
     "ACCESS_TOKEN_ADMIN_CLASS": "oauthapp.admin.AccessTokenAdmin",

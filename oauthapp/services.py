@@ -444,7 +444,7 @@ def personal_token_application() -> Application:
 def personal_token_create(
     *, user: User, name: str, expires_in_days: int | None, now: datetime | None = None
 ) -> IssuedPersonalToken:
-    """Issue a personal access token for `user`: scope mcp, bound to this server (PUBLIC_URL)."""
+    """Issue a personal access token for `user`: every required scope, bound to this server (PUBLIC_URL)."""
     now = now or timezone.now()
     expires = NO_EXPIRY if expires_in_days is None else now + timedelta(days=expires_in_days)
     raw = PERSONAL_TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -453,7 +453,7 @@ def personal_token_create(
             user=user,
             application=personal_token_application(),
             expires=expires,
-            scope=settings.MCP_SCOPE,
+            scope=" ".join(settings.MCP_REQUIRED_SCOPES),
             resource=[settings.PUBLIC_URL],
         )
         set_token_value(access_token, raw)

@@ -125,7 +125,7 @@ class ProtectedResourceMetadataView(dot_views.OAuthProtectedResourceMetadataView
     def get_scopes_supported(self) -> list[str]:
         # The minimal scopes the MCP endpoints need (what clients should ask for), not every
         # scope the authorization server knows.
-        return [settings.MCP_SCOPE]
+        return list(settings.MCP_REQUIRED_SCOPES)
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         suffix = (kwargs.get("resource_path") or "").strip("/")

@@ -498,7 +498,8 @@ def test_loopback_documents_are_refused_at_start_up_unless_debug_is_on() -> None
         "it needs DEBUG=true (and so a loopback PUBLIC_URL)."
     ]
     public = settings_check(PUBLIC_URL="https://mcp.example.com", CIMD_ALLOW_LOOPBACK="true")
-    assert public.returncode != 0 and "CIMD_ALLOW_LOOPBACK=true is for local development only" in public.stderr
+    assert public.returncode != 0
+    assert "CIMD_ALLOW_LOOPBACK=true is for local development only" in public.stderr
     allowed = settings_check(PUBLIC_URL="http://127.0.0.1:8787", CIMD_ALLOW_LOOPBACK="true", DEBUG="true")
     assert allowed.returncode == 0, allowed.stderr
 
