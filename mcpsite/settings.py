@@ -260,8 +260,9 @@ else:
 # --- Auth -----------------------------------------------------------------------------------
 
 AUTHENTICATION_BACKENDS = [
-    # First: refuses a throttled login before any password is checked (oauthapp.throttle).
-    "axes.backends.AxesStandaloneBackend",
+    # First: refuses a throttled login before any password is checked, after hashing the
+    # submitted one as a wrong password would be (oauthapp.throttle).
+    "oauthapp.throttle.LoginThrottleBackend",
     "oauthapp.github.GithubBackend",  # always listed, so GitHub sessions survive a config change
     "django.contrib.auth.backends.ModelBackend",
 ]
