@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -152,14 +153,18 @@ def refusal_explanation(*, client_id: str) -> str:
     return "Its client ID metadata document could not be used just now; try again in a minute."
 
 
+def _too_slow_reason() -> str:
+    seconds = oauth2_settings.CIMD_FETCH_TIMEOUT_SECONDS
+    return f"its metadata document did not arrive within {seconds} second{'' if seconds == 1 else 's'}"
+
+
 def _public_reason(exc: dot_cimd.CIMDError) -> str:
     """The toolkit's fetch errors, said for the user without the connection details."""
     if isinstance(exc, DocumentRefused):
         return exc.public
     detail = str(exc)
     if "timed out" in detail.lower() or "timeout" in detail.lower():
-        seconds = oauth2_settings.CIMD_FETCH_TIMEOUT_SECONDS
-        return f"its metadata document did not arrive within {seconds} second{'' if seconds == 1 else 's'}"
+        return _too_slow_reason()
     if detail.startswith(("could not", "client_id host")):
         return "its metadata document could not be fetched (the address is unreachable or not public)"
     return f"its metadata document was refused: {detail}"
@@ -168,10 +173,46 @@ def _public_reason(exc: dot_cimd.CIMDError) -> str:
 # --- The fetcher -----------------------------------------------------------------------------
 
 
+class _BodyWithDeadline:
+    """A fetched response whose body is read against the whole fetch's deadline.
+
+    urllib3's `total` timeout bounds each socket read, not the body: a body trickled a byte at
+    a time passes every read in time and would hold the worker for as long as its sender likes.
+    Each read here waits at most until the deadline, and past it the document is refused.
+    """
+
+    def __init__(self, response: urllib3.BaseHTTPResponse, deadline: float) -> None:
+        self.status = response.status
+        self.headers = response.headers
+        self._response = response
+        self._deadline = deadline
+
+    def read(self, amount: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while size < amount:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise DocumentRefused(
+                    f"document body not complete within {oauth2_settings.CIMD_FETCH_TIMEOUT_SECONDS}s",
+                    _too_slow_reason(),
+                )
+            sock = getattr(self._response.connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(remaining)
+            chunk = self._response.read1(amount - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+
 class MetadataFetcher(dot_cimd.SafeMetadataFetcher):
     """django-oauth-toolkit's SSRF-safe fetcher with this server's document policy."""
 
     def fetch(self, client_id: str) -> tuple[dict[str, Any], int]:
+        self._deadline = time.monotonic() + oauth2_settings.CIMD_FETCH_TIMEOUT_SECONDS
         try:
             if loopback_documents_allowed() and is_loopback_document_url(client_id):
                 metadata, max_age = self._fetch_loopback(client_id)
@@ -187,6 +228,13 @@ class MetadataFetcher(dot_cimd.SafeMetadataFetcher):
             raise refused from exc
         _failure_forget(client_id=client_id)
         return document, max_age
+
+    def _read_document(self, response: urllib3.BaseHTTPResponse) -> tuple[dict[str, Any], int]:
+        # The toolkit's checks (status, JSON, size), with the body read against the deadline.
+        document: tuple[dict[str, Any], int] = super()._read_document(
+            _BodyWithDeadline(response, self._deadline)
+        )
+        return document
 
     def _fetch_loopback(self, client_id: str) -> tuple[dict[str, Any], int]:
         """Fetch from this machine (CIMD_ALLOW_LOOPBACK), with the toolkit's limits."""

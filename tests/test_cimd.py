@@ -336,6 +336,8 @@ FETCH_REFUSALS: dict[str, tuple[bytes | dict[str, Any] | None, dict[str, Any], s
     # body (None: a valid document for its URL), route options, reason shown
     "oversized": (None, {}, "exceeds the maximum allowed size"),
     "slow": (None, {"delay": 3.0}, "did not arrive within 1 second"),
+    # Headers at once, then the body a byte every 0.1 s: each read is quick, the whole takes ~15 s.
+    "slow-drip": (None, {"drip": 0.1}, "did not arrive within 1 second"),
     "not-json-content-type": (b"<html>hello</html>", {"content_type": "text/html"}, "is not JSON"),
     "not-json-body": (b"{not json", {}, "is not valid JSON"),
     "json-not-an-object": (b'["a list"]', {}, "must be a JSON object"),
@@ -354,12 +356,15 @@ def test_it_refuses_a_document_it_cannot_use_and_says_why(
 ) -> None:
     path = unique("/client.json")
     url = https_docs.url(path)
+    slow = "delay" in route or "drip" in route
     if body is None:
-        body = (
-            big_document(url) if "delay" not in route else {"client_id": url, "redirect_uris": [DOC_CALLBACK]}
-        )
+        body = {"client_id": url, "redirect_uris": [DOC_CALLBACK]} if slow else big_document(url)
     https_docs.put(path, body, **route)
+    started = time.monotonic()
     assert_refused_with(cimd_server, cimd_alice, url, reason)
+    if slow:
+        # CIMD_FETCH_TIMEOUT_SECONDS is 1 here: the page must not wait for the document much longer.
+        assert time.monotonic() - started < 5
     # The toolkit backs off after a failure: a retry is answered from memory, with the same reason.
     assert_refused_with(cimd_server, cimd_alice, url, reason)
     assert https_docs.hits[path] == 1
@@ -369,6 +374,17 @@ def test_it_refuses_a_document_it_cannot_use_and_says_why(
         "SELECT detail FROM oauthapp_oauthevent WHERE kind = 'cimd_fetch_failed' AND client_name = ?", (url,)
     )
     assert len(events) >= 1 and json.loads(events[0][0])["reason"]
+
+
+def test_a_loopback_http_document_trickled_past_the_time_limit_is_refused_in_time(
+    cimd_server: LiveServer, cimd_alice: Browser, http_docs: DocumentServer
+) -> None:
+    path = unique("/client.json")
+    url = http_docs.url(path)
+    http_docs.put(path, {"client_id": url, "redirect_uris": [DOC_CALLBACK]}, drip=0.1)
+    started = time.monotonic()
+    assert_refused_with(cimd_server, cimd_alice, url, "did not arrive within 1 second")
+    assert time.monotonic() - started < 5
 
 
 def test_it_refuses_an_http_document_url_off_loopback_without_fetching(
