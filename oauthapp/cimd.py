@@ -16,6 +16,8 @@ and caps concurrent fetches. It persists the client as a public `Application`
   native schemes; never javascript: and the like);
 - with CIMD_ALLOW_LOOPBACK (only with DEBUG=true), documents on 127.0.0.1, localhost
   and [::1], over https or plain http, for local development and the tests;
+- the toolkit's own checks after the fetch (the Application's `full_clean`) are tried in the
+  fetcher first, and the body is read against the fetch's whole time limit;
 - every refusal is logged and remembered briefly (`cimd_failure_record`), so the authorization
   page can tell the user why the application was refused instead of "invalid client_id".
 """
@@ -34,6 +36,7 @@ from urllib.parse import SplitResult, urlsplit
 import urllib3
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http.request import validate_host
 from django.utils import timezone
@@ -219,6 +222,7 @@ class MetadataFetcher(dot_cimd.SafeMetadataFetcher):
             else:
                 metadata, max_age = super().fetch(client_id)
             document = document_normalise(client_id=client_id, metadata=metadata)
+            _check_storable(client_id=client_id, document=document)
         except dot_cimd.CIMDError as exc:
             # Always a DocumentRefused from here: it says the refusal is already recorded.
             refused = (
@@ -363,6 +367,36 @@ def document_normalise(*, client_id: str, metadata: dict[str, Any]) -> dict[str,
             "client_name not a short string", "its client_name must be a string of at most 255"
         )
     return metadata
+
+
+def _check_storable(*, client_id: str, document: dict[str, Any]) -> None:
+    """What the toolkit does with the document once the fetcher returns it, tried here first.
+
+    The toolkit turns the document into an Application and validates it (`full_clean`) after
+    our fetcher has returned, where no refusal is recorded: the page could only say "try again",
+    though nothing would change (a client_id URL longer than the column, a redirect URI the
+    model refuses). Tried here, such a refusal is recorded with its reason like any other.
+    """
+    try:
+        fields = dot_cimd._build_application_kwargs(document)
+    except dot_cimd.CIMDError as exc:
+        raise DocumentRefused(str(exc), f"its metadata document was refused: {exc}") from exc
+    candidate = Application(
+        client_id=client_id,
+        client_type=Application.CLIENT_PUBLIC,
+        registration_source=Application.RegistrationSource.CIMD,
+        **fields,
+    )
+    try:
+        candidate.full_clean(exclude=["client_secret"], validate_unique=False)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items()
+        )[:500]
+        raise DocumentRefused(
+            f"invalid client metadata: {problems}",
+            f"this server cannot accept the client it describes ({problems})",
+        ) from exc
 
 
 # --- http documents on loopback --------------------------------------------------------------

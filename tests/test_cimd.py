@@ -322,6 +322,21 @@ def test_it_refuses_a_document_outside_the_policy_and_says_why(
     assert https_docs.hits[path] == 1
 
 
+def test_a_document_the_toolkit_cannot_store_is_refused_for_good_and_says_why(
+    cimd_server: LiveServer, cimd_alice: Browser, https_docs: DocumentServer
+) -> None:
+    # A valid document, but its URL (the client_id) is longer than a client_id column holds:
+    # the toolkit refuses it after our fetcher returned, which is no reason to "try again".
+    path = unique(f"/{'x' * 260}.json")
+    url = https_docs.document(path)
+    reason = "this server cannot accept the client it describes (client_id: Ensure this value has at most 255"
+    assert_refused_with(cimd_server, cimd_alice, url, reason)
+    assert_refused_with(cimd_server, cimd_alice, url, reason)
+    assert https_docs.hits[path] == 1
+    events = cimd_server.sql("SELECT detail FROM oauthapp_oauthevent WHERE kind = 'cimd_fetch_failed'")
+    assert any("at most 255 characters" in json.loads(detail)["reason"] for (detail,) in events)
+
+
 def assert_refused_with(server: LiveServer, browser: Browser, url: str, reason: str) -> None:
     page = authorize_page(browser, url)
     assert page.status_code == 400, page.text
