@@ -43,7 +43,7 @@ from tests.support.oauth import (
     query_of,
 )
 from tests.support.sdk_client import CALLBACK as SDK_CALLBACK
-from tests.support.sdk_client import MemoryStorage, call_tool
+from tests.support.sdk_client import MemoryStorage, Person, call_tool
 
 DOC_CALLBACK = "http://localhost:33420/callback"
 CLIENTS = "/admin/oauthapp/application/"
@@ -141,26 +141,32 @@ def test_the_metadata_advertises_metadata_documents_and_public_clients_by_defaul
 
 
 def test_the_sdk_client_logs_in_with_its_metadata_document_and_adds_23_and_19(
-    cimd_server: LiveServer, cimd_alice: Browser, https_docs: DocumentServer
+    cimd_server: LiveServer, https_docs: DocumentServer
 ) -> None:
     path = unique("/sdk-client.json")
     url = https_docs.document(path, client_name="SDK by document", redirect_uris=[SDK_CALLBACK])
     storage = MemoryStorage()
+    # A browser nobody has logged in with: alice goes through our login form and consent page.
+    browser = Browser(cimd_server.url)
+    alice = Person(browser, credentials=ALICE)
 
     result, tools = anyio.run(
         lambda: call_tool(
             f"{cimd_server.url}/mcp",
-            cimd_alice,
+            browser,
             "add",
             {"a": 23, "b": 19},
             storage=storage,
             client_metadata_url=url,
+            person=alice,
         )
     )
+    browser.close()
 
     assert result.is_error is False
     assert [c.text for c in result.content] == ["42"]
     assert "add" in tools
+    assert alice.seen == ["login", "consent"]
     # The SDK used the URL as its client_id and registered nothing.
     assert storage.client is not None and storage.client.client_id == url
     assert application_row(cimd_server, url) == ("cimd", "public", SDK_CALLBACK, "SDK by document")
