@@ -532,9 +532,10 @@ GITHUB_API_TIMEOUT = env_int("GITHUB_API_TIMEOUT", 10, minimum=1)
 # Both set: the user must pass both. A refused user gets no account.
 GITHUB_ALLOWED_USERS = [name.lower() for name in env_list("GITHUB_ALLOWED_USERS")]
 GITHUB_REQUIRED_ORG = env_str("GITHUB_REQUIRED_ORG")
-# The policy is checked again, through GitHub's API, when a GitHub-only user's tokens are
-# refreshed, at most this often. While GitHub cannot be reached the refresh still works, up to
-# GITHUB_POLICY_MAX_UNVERIFIED_SECONDS after the last successful check; then it is a 503.
+# The policy is checked again, through GitHub's API, for a GitHub-only user's refresh, at
+# /authorize, and when they make or use a personal token, at most this often per user. While
+# GitHub cannot be reached access goes on, up to GITHUB_POLICY_MAX_UNVERIFIED_SECONDS after the
+# last successful check; then refreshes and /authorize answer 503.
 GITHUB_POLICY_RECHECK_SECONDS = env_int("GITHUB_POLICY_RECHECK_SECONDS", 300)
 GITHUB_POLICY_MAX_UNVERIFIED_SECONDS = env_int("GITHUB_POLICY_MAX_UNVERIFIED_SECONDS", 86400)
 _GITHUB_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")
