@@ -319,7 +319,8 @@ def resource_metadata_url(path: str) -> str:
 
 
 def required_scopes() -> tuple[str, ...]:
-    return (settings.MCP_SCOPE,)
+    """What a token needs on the MCP endpoints (MCP_REQUIRED_SCOPES, `mcp` by default)."""
+    return tuple(settings.MCP_REQUIRED_SCOPES)
 
 
 def www_authenticate(failure: AuthFailure, path: str) -> str:

@@ -260,8 +260,9 @@ else:
 # --- Auth -----------------------------------------------------------------------------------
 
 AUTHENTICATION_BACKENDS = [
-    # First: refuses a throttled login before any password is checked (oauthapp.throttle).
-    "axes.backends.AxesStandaloneBackend",
+    # First: refuses a throttled login before any password is checked, after hashing the
+    # submitted one as a wrong password would be (oauthapp.throttle).
+    "oauthapp.throttle.LoginThrottleBackend",
     "oauthapp.github.GithubBackend",  # always listed, so GitHub sessions survive a config change
     "django.contrib.auth.backends.ModelBackend",
 ]
@@ -303,6 +304,19 @@ LOGOUT_REDIRECT_URL = "home"
 # --- OAuth 2.1 authorization server (django-oauth-toolkit) ----------------------------------
 
 MCP_SCOPE = "mcp"
+# The scopes a token needs on /mcp and /sse (space- or comma-separated): `mcp` by default; an
+# operator may add scopes of their own. Each is offered by the authorization server and granted
+# by default, named in the 401 challenge and the protected-resource metadata, and a token that
+# lacks any gets 403 insufficient_scope naming every missing one. Personal tokens carry them all.
+MCP_REQUIRED_SCOPES = list(
+    dict.fromkeys(scope for scope in re.split(r"[\s,]+", env_str("MCP_REQUIRED_SCOPES", MCP_SCOPE)) if scope)
+)
+if not MCP_REQUIRED_SCOPES:
+    raise ImproperlyConfigured("MCP_REQUIRED_SCOPES must name at least one scope (the default is mcp).")
+for _scope in MCP_REQUIRED_SCOPES:
+    # RFC 6749 section 3.3: printable ASCII without space, double quote and backslash.
+    if not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", _scope):
+        raise ImproperlyConfigured(f"MCP_REQUIRED_SCOPES: {_scope!r} is not a valid OAuth scope")
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauthapp.Application"
 # The toolkit's own token models, named so our models can point at them (swappable models).
 OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
@@ -312,8 +326,15 @@ REFRESH_TOKEN_LIFETIME = env_int("REFRESH_TOKEN_LIFETIME", 30 * 24 * 3600, minim
 AUTHORIZATION_CODE_LIFETIME = env_int("AUTHORIZATION_CODE_LIFETIME", 60, minimum=10)
 
 OAUTH2_PROVIDER = {
-    "SCOPES": {MCP_SCOPE: "Use this server's MCP tools as you"},
-    "DEFAULT_SCOPES": [MCP_SCOPE],
+    "SCOPES": {
+        MCP_SCOPE: "Use this server's MCP tools as you",
+        **{
+            scope: f"The {scope} scope, which this server's MCP endpoints require"
+            for scope in MCP_REQUIRED_SCOPES
+            if scope != MCP_SCOPE
+        },
+    },
+    "DEFAULT_SCOPES": MCP_REQUIRED_SCOPES,
     "OAUTH2_VALIDATOR_CLASS": "oauthapp.validators.MCPOAuth2Validator",
     "APPLICATION_ADMIN_CLASS": "oauthapp.admin.ApplicationAdmin",
     "ACCESS_TOKEN_ADMIN_CLASS": "oauthapp.admin.AccessTokenAdmin",
@@ -355,12 +376,14 @@ OAUTH2_PROVIDER = {
 # failure backoff, in-flight cap); oauthapp.cimd adds this server's document policy.
 CIMD_ENABLED = env_bool("CIMD_ENABLED", True)
 # Fetch documents from http(s)://127.0.0.1, localhost or [::1] too: local development and the
-# tests. Accepted only when PUBLIC_URL is itself loopback, i.e. a server only this machine uses,
-# so no remote caller can make it fetch from its own loopback services.
+# tests. Accepted only with DEBUG=true (which itself needs a loopback PUBLIC_URL), i.e. on a
+# development server only this machine uses: no remote caller can make a server others reach
+# fetch from its own loopback services.
 CIMD_ALLOW_LOOPBACK = env_bool("CIMD_ALLOW_LOOPBACK", False)
-if CIMD_ALLOW_LOOPBACK and not PUBLIC_IS_LOOPBACK:
+if CIMD_ALLOW_LOOPBACK and not (DEBUG and PUBLIC_IS_LOOPBACK):
     raise ImproperlyConfigured(
-        f"CIMD_ALLOW_LOOPBACK is for a server on a loopback PUBLIC_URL only (PUBLIC_URL is {PUBLIC_URL})."
+        "CIMD_ALLOW_LOOPBACK=true is for local development only; "
+        "it needs DEBUG=true (and so a loopback PUBLIC_URL)."
     )
 CIMD_ALLOWED_HOSTS = env_list("CIMD_ALLOWED_HOSTS")
 _cimd_min_age = env_int("CIMD_CACHE_MIN_SECONDS", 300, minimum=1)
@@ -509,9 +532,10 @@ GITHUB_API_TIMEOUT = env_int("GITHUB_API_TIMEOUT", 10, minimum=1)
 # Both set: the user must pass both. A refused user gets no account.
 GITHUB_ALLOWED_USERS = [name.lower() for name in env_list("GITHUB_ALLOWED_USERS")]
 GITHUB_REQUIRED_ORG = env_str("GITHUB_REQUIRED_ORG")
-# The policy is checked again, through GitHub's API, when a GitHub-only user's tokens are
-# refreshed, at most this often. While GitHub cannot be reached the refresh still works, up to
-# GITHUB_POLICY_MAX_UNVERIFIED_SECONDS after the last successful check; then it is a 503.
+# The policy is checked again, through GitHub's API, for a GitHub-only user's refresh, at
+# /authorize, and when they make or use a personal token, at most this often per user. While
+# GitHub cannot be reached access goes on, up to GITHUB_POLICY_MAX_UNVERIFIED_SECONDS after the
+# last successful check; then refreshes and /authorize answer 503.
 GITHUB_POLICY_RECHECK_SECONDS = env_int("GITHUB_POLICY_RECHECK_SECONDS", 300)
 GITHUB_POLICY_MAX_UNVERIFIED_SECONDS = env_int("GITHUB_POLICY_MAX_UNVERIFIED_SECONDS", 86400)
 _GITHUB_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")

@@ -14,8 +14,10 @@ and caps concurrent fetches. It persists the client as a public `Application`
   `none` (its issue #1857);
 - the document's redirect URIs follow the registration policy (https, loopback http, allowed
   native schemes; never javascript: and the like);
-- with CIMD_ALLOW_LOOPBACK (only on a loopback PUBLIC_URL), documents on 127.0.0.1, localhost
+- with CIMD_ALLOW_LOOPBACK (only with DEBUG=true), documents on 127.0.0.1, localhost
   and [::1], over https or plain http, for local development and the tests;
+- the toolkit's own checks after the fetch (the Application's `full_clean`) are tried in the
+  fetcher first, and the body is read against the fetch's whole time limit;
 - every refusal is logged and remembered briefly (`cimd_failure_record`), so the authorization
   page can tell the user why the application was refused instead of "invalid client_id".
 """
@@ -27,12 +29,14 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import urllib3
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http.request import validate_host
 from django.utils import timezone
@@ -152,14 +156,18 @@ def refusal_explanation(*, client_id: str) -> str:
     return "Its client ID metadata document could not be used just now; try again in a minute."
 
 
+def _too_slow_reason() -> str:
+    seconds = oauth2_settings.CIMD_FETCH_TIMEOUT_SECONDS
+    return f"its metadata document did not arrive within {seconds} second{'' if seconds == 1 else 's'}"
+
+
 def _public_reason(exc: dot_cimd.CIMDError) -> str:
     """The toolkit's fetch errors, said for the user without the connection details."""
     if isinstance(exc, DocumentRefused):
         return exc.public
     detail = str(exc)
     if "timed out" in detail.lower() or "timeout" in detail.lower():
-        seconds = oauth2_settings.CIMD_FETCH_TIMEOUT_SECONDS
-        return f"its metadata document did not arrive within {seconds} second{'' if seconds == 1 else 's'}"
+        return _too_slow_reason()
     if detail.startswith(("could not", "client_id host")):
         return "its metadata document could not be fetched (the address is unreachable or not public)"
     return f"its metadata document was refused: {detail}"
@@ -168,16 +176,53 @@ def _public_reason(exc: dot_cimd.CIMDError) -> str:
 # --- The fetcher -----------------------------------------------------------------------------
 
 
+class _BodyWithDeadline:
+    """A fetched response whose body is read against the whole fetch's deadline.
+
+    urllib3's `total` timeout bounds each socket read, not the body: a body trickled a byte at
+    a time passes every read in time and would hold the worker for as long as its sender likes.
+    Each read here waits at most until the deadline, and past it the document is refused.
+    """
+
+    def __init__(self, response: urllib3.BaseHTTPResponse, deadline: float) -> None:
+        self.status = response.status
+        self.headers = response.headers
+        self._response = response
+        self._deadline = deadline
+
+    def read(self, amount: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while size < amount:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise DocumentRefused(
+                    f"document body not complete within {oauth2_settings.CIMD_FETCH_TIMEOUT_SECONDS}s",
+                    _too_slow_reason(),
+                )
+            sock = getattr(self._response.connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(remaining)
+            chunk = self._response.read1(amount - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+
 class MetadataFetcher(dot_cimd.SafeMetadataFetcher):
     """django-oauth-toolkit's SSRF-safe fetcher with this server's document policy."""
 
     def fetch(self, client_id: str) -> tuple[dict[str, Any], int]:
+        self._deadline = time.monotonic() + oauth2_settings.CIMD_FETCH_TIMEOUT_SECONDS
         try:
             if loopback_documents_allowed() and is_loopback_document_url(client_id):
                 metadata, max_age = self._fetch_loopback(client_id)
             else:
                 metadata, max_age = super().fetch(client_id)
             document = document_normalise(client_id=client_id, metadata=metadata)
+            _check_storable(client_id=client_id, document=document)
         except dot_cimd.CIMDError as exc:
             # Always a DocumentRefused from here: it says the refusal is already recorded.
             refused = (
@@ -187,6 +232,13 @@ class MetadataFetcher(dot_cimd.SafeMetadataFetcher):
             raise refused from exc
         _failure_forget(client_id=client_id)
         return document, max_age
+
+    def _read_document(self, response: urllib3.BaseHTTPResponse) -> tuple[dict[str, Any], int]:
+        # The toolkit's checks (status, JSON, size), with the body read against the deadline.
+        document: tuple[dict[str, Any], int] = super()._read_document(
+            _BodyWithDeadline(response, self._deadline)
+        )
+        return document
 
     def _fetch_loopback(self, client_id: str) -> tuple[dict[str, Any], int]:
         """Fetch from this machine (CIMD_ALLOW_LOOPBACK), with the toolkit's limits."""
@@ -315,6 +367,36 @@ def document_normalise(*, client_id: str, metadata: dict[str, Any]) -> dict[str,
             "client_name not a short string", "its client_name must be a string of at most 255"
         )
     return metadata
+
+
+def _check_storable(*, client_id: str, document: dict[str, Any]) -> None:
+    """What the toolkit does with the document once the fetcher returns it, tried here first.
+
+    The toolkit turns the document into an Application and validates it (`full_clean`) after
+    our fetcher has returned, where no refusal is recorded: the page could only say "try again",
+    though nothing would change (a client_id URL longer than the column, a redirect URI the
+    model refuses). Tried here, such a refusal is recorded with its reason like any other.
+    """
+    try:
+        fields = dot_cimd._build_application_kwargs(document)
+    except dot_cimd.CIMDError as exc:
+        raise DocumentRefused(str(exc), f"its metadata document was refused: {exc}") from exc
+    candidate = Application(
+        client_id=client_id,
+        client_type=Application.CLIENT_PUBLIC,
+        registration_source=Application.RegistrationSource.CIMD,
+        **fields,
+    )
+    try:
+        candidate.full_clean(exclude=["client_secret"], validate_unique=False)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items()
+        )[:500]
+        raise DocumentRefused(
+            f"invalid client metadata: {problems}",
+            f"this server cannot accept the client it describes ({problems})",
+        ) from exc
 
 
 # --- http documents on loopback --------------------------------------------------------------

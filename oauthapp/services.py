@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import secrets
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,7 +19,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.cache import cache
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from oauth2_provider.generators import generate_client_id, generate_client_secret
@@ -444,7 +446,7 @@ def personal_token_application() -> Application:
 def personal_token_create(
     *, user: User, name: str, expires_in_days: int | None, now: datetime | None = None
 ) -> IssuedPersonalToken:
-    """Issue a personal access token for `user`: scope mcp, bound to this server (PUBLIC_URL)."""
+    """Issue a personal access token for `user`: every required scope, bound to this server (PUBLIC_URL)."""
     now = now or timezone.now()
     expires = NO_EXPIRY if expires_in_days is None else now + timedelta(days=expires_in_days)
     raw = PERSONAL_TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -453,7 +455,7 @@ def personal_token_create(
             user=user,
             application=personal_token_application(),
             expires=expires,
-            scope=settings.MCP_SCOPE,
+            scope=" ".join(settings.MCP_REQUIRED_SCOPES),
             resource=[settings.PUBLIC_URL],
         )
         set_token_value(access_token, raw)
@@ -484,6 +486,14 @@ def personal_tokens_mark_used(*, access_token_ids: Collection[int], when: dateti
     PersonalAccessToken.objects.filter(access_token_id__in=list(access_token_ids)).filter(
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)
     ).update(last_used_at=when)
+    if settings.GITHUB_ALLOWED_USERS or settings.GITHUB_REQUIRED_ORG:
+        users = set(
+            PersonalAccessToken.objects.filter(
+                access_token_id__in=list(access_token_ids), user__social_auth__provider="github"
+            ).values_list("user_id", flat=True)
+        )
+        if users:
+            transaction.on_commit(lambda: github_policy_recheck_soon(user_ids=users))
 
 
 # --- GitHub ----------------------------------------------------------------------------------
@@ -505,7 +515,12 @@ def github_token_store(*, social: UserSocialAuth, access_token: str, scope: str)
     """Keep (or replace) the GitHub token of a linked account, encrypted."""
     credential, _created = GithubCredential.objects.update_or_create(
         social=social,
-        defaults={"ciphertext": encryption.encrypt(access_token), "scope": scope[:500]},
+        # A GitHub login has just passed the access policy: that counts as a check.
+        defaults={
+            "ciphertext": encryption.encrypt(access_token),
+            "scope": scope[:500],
+            "policy_checked_at": timezone.now(),
+        },
     )
     return credential
 
@@ -591,29 +606,39 @@ def _github_org_member(*, token: str, login: str, org: str) -> bool:
     raise GithubUnavailable(f"GitHub answered {response.status_code}")
 
 
+def _not_listed(login: str) -> str | None:
+    allowed = settings.GITHUB_ALLOWED_USERS
+    if allowed and login.lower() not in allowed:
+        return f"The GitHub account @{login} is no longer on this server's list of allowed users."
+    return None
+
+
 def github_policy_recheck(*, user: User, now: datetime | None = None) -> None:
     """Check again, through GitHub's API, that a GitHub user still passes the access policy.
 
-    At most every GITHUB_POLICY_RECHECK_SECONDS per user. Raises GithubAccessLost when the
-    account no longer passes (or GitHub refuses the stored token: the user revoked this
-    server at GitHub). When GitHub cannot be reached the last good check stands for up to
-    GITHUB_POLICY_MAX_UNVERIFIED_SECONDS, after which GithubUnavailable is raised.
+    At most every GITHUB_POLICY_RECHECK_SECONDS per user, except that an account whose last
+    known login is not on GITHUB_ALLOWED_USERS (the operator took it off) is asked about at
+    once. Raises GithubAccessLost when the account no longer passes (or GitHub refuses the
+    stored token: the user revoked this server at GitHub). When GitHub cannot be reached the
+    last good check stands for up to GITHUB_POLICY_MAX_UNVERIFIED_SECONDS, after which
+    GithubUnavailable is raised; an account known to be off the list is refused meanwhile.
     """
     now = now or timezone.now()
     credential = selectors.github_credential_for_user(user_id=user.pk)
     if credential is None:
         raise GithubAccessLost("No GitHub token is stored for this account; log in with GitHub again.")
+    social = credential.social
+    known_login = str((social.extra_data or {}).get("login") or "")
+    unlisted = _not_listed(known_login) if known_login else None
     checked = credential.policy_checked_at or credential.updated
-    if now - checked < timedelta(seconds=settings.GITHUB_POLICY_RECHECK_SECONDS):
+    login = ""
+    if unlisted is None and now - checked < timedelta(seconds=settings.GITHUB_POLICY_RECHECK_SECONDS):
         return
     try:
         token = encryption.decrypt(credential.ciphertext)
         profile = github_profile_fetch(user_id=user.pk)
         login = str(profile.get("login") or "")
-        reason = None
-        allowed = settings.GITHUB_ALLOWED_USERS
-        if allowed and login.lower() not in allowed:
-            reason = f"The GitHub account @{login} is no longer on this server's list of allowed users."
+        reason = _not_listed(login)
         org = settings.GITHUB_REQUIRED_ORG
         if reason is None and org and not _github_org_member(token=token, login=login, org=org):
             reason = f"The GitHub account @{login} is no longer a member of the {org} organisation."
@@ -622,27 +647,106 @@ def github_policy_recheck(*, user: User, now: datetime | None = None) -> None:
     except GithubTokenRefused:
         reason = "GitHub no longer accepts this server's token for the account; log in with GitHub again."
     except GithubUnavailable as exc:
+        if unlisted is not None:
+            raise GithubAccessLost(unlisted) from exc
         if now - checked >= timedelta(seconds=settings.GITHUB_POLICY_MAX_UNVERIFIED_SECONDS):
             raise
-        else:
-            logger.warning("GitHub policy check for user %s postponed: %s", user.pk, exc)
-            return
+        logger.warning("GitHub policy check for user %s postponed: %s", user.pk, exc)
+        return
     if reason is not None:
         raise GithubAccessLost(reason)
     GithubCredential.objects.filter(pk=credential.pk).update(policy_checked_at=now)
+    if login and login != known_login:  # renamed at GitHub: the list is matched against the new name
+        extra_data = {**(social.extra_data or {}), "login": login}
+        UserSocialAuth.objects.filter(pk=social.pk).update(extra_data=extra_data)
 
 
 def github_access_withdraw(
-    *, user: User, application: Application | None, reason: str, address: str | None
+    *, user: User, application: Application | None, reason: str, address: str | None, on: str
 ) -> int:
-    """The user no longer passes the GitHub policy: every OAuth token of theirs dies."""
+    """The user no longer passes the GitHub policy: everything that lets them in ends now.
+
+    Every OAuth token (personal access tokens included) and pending code dies, and every
+    Django session of theirs ends: the session's auth hash comes from the password field, so
+    a fresh unusable password (GitHub is their only way in) logs them out in every browser,
+    whatever the session store. Their next way in is a GitHub login, which checks the policy.
+    `on` says where the check failed (refresh, authorize, personal token, personal token use).
+    """
     with transaction.atomic():
         revoked = tokens_revoke(user=user, reason="GitHub access policy")
+        PersonalAccessToken.objects.filter(user=user, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if not user.has_usable_password():
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
         oauth_event_record(
             kind=OAuthEvent.Kind.GITHUB_POLICY_REFUSED,
             user=user,
             application=application,
             address=address,
-            detail={"reason": reason, "on": "refresh"},
+            detail={"reason": reason, "on": on},
         )
     return revoked
+
+
+# The policy re-checks that using a personal token sets off run on one daemon thread, off the
+# request path (a daemon: a worker that stops does not wait for GitHub to answer).
+_recheck_queue: queue.SimpleQueue[int] = queue.SimpleQueue()
+_recheck_lock = threading.Lock()
+_recheck_pending: set[int] = set()
+_recheck_thread: threading.Thread | None = None
+
+
+def github_policy_recheck_soon(*, user_ids: Collection[int]) -> None:
+    """Re-check, in the background, the GitHub policy of these users whose personal tokens were
+    used (each at most every GITHUB_POLICY_RECHECK_SECONDS, as on refresh); a user who no longer
+    passes loses everything at once (`github_access_withdraw`).
+
+    Personal tokens are never refreshed and never pass /authorize: without this, one made while
+    the user passed would outlive their membership for good.
+    """
+    global _recheck_thread
+    if not (settings.GITHUB_ALLOWED_USERS or settings.GITHUB_REQUIRED_ORG):
+        return
+    with _recheck_lock:
+        fresh = [user_id for user_id in user_ids if user_id not in _recheck_pending]
+        _recheck_pending.update(fresh)
+        if fresh and (_recheck_thread is None or not _recheck_thread.is_alive()):
+            _recheck_thread = threading.Thread(
+                target=_github_policy_rechecks, name="github-policy", daemon=True
+            )
+            _recheck_thread.start()
+    for user_id in fresh:
+        _recheck_queue.put(user_id)
+
+
+def _github_policy_rechecks() -> None:
+    while True:
+        _github_policy_recheck_in_background(_recheck_queue.get())
+
+
+def _github_policy_recheck_in_background(user_id: int) -> None:
+    close_old_connections()
+    try:
+        user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+        if user is None or not github_policy_applies(user=user):
+            return
+        try:
+            github_policy_recheck(user=user)
+        except GithubAccessLost as exc:
+            github_access_withdraw(
+                user=user,
+                application=personal_token_application(),
+                reason=str(exc),
+                address=None,
+                on="personal token use",
+            )
+        except GithubUnavailable as exc:
+            logger.warning("GitHub policy check for user %s (personal token use) failed: %s", user_id, exc)
+    except Exception:
+        logger.exception("GitHub policy check for user %s (personal token use) failed", user_id)
+    finally:
+        with _recheck_lock:
+            _recheck_pending.discard(user_id)
+        close_old_connections()

@@ -3,8 +3,8 @@
 Login throttling is django-axes (AXES_* in settings) with two thresholds: a few failures lock
 one username from one address (so a colleague behind the same address is not locked out),
 and a higher count of failures from one address, whatever the usernames, locks that address
-(password spraying). A locked attempt gets exactly the page a wrong password gets, so nobody
-can tell a locked account from a wrong password.
+(password spraying). A locked attempt gets exactly the page a wrong password gets, after the
+same password-hashing work, so nobody can tell a locked account from a wrong password.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from axes.backends import AxesStandaloneBackend
+from axes.exceptions import AxesBackendPermissionDenied
 from axes.handlers.database import AxesDatabaseHandler
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db.models import Sum
 from django.http import HttpRequest
@@ -112,6 +115,29 @@ class LoginThrottleHandler(AxesDatabaseHandler):
         per_user = self.filter_user_attempts(request, credentials)[0]
         count, _ = per_user.delete()
         return count
+
+
+class LoginThrottleBackend(AxesStandaloneBackend):
+    """axes' backend, first in AUTHENTICATION_BACKENDS: it refuses a locked login before any
+    password is checked. Refusing at once would answer a locked attempt a password hash
+    (PBKDF2, most of a login's time) sooner than a wrong password, which tells the two apart;
+    so the submitted password is hashed first, as Django's ModelBackend does for a username
+    that does not exist.
+    """
+
+    def authenticate(
+        self,
+        request: HttpRequest | None,
+        username: str | None = None,
+        password: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            super().authenticate(request, username=username, password=password, **kwargs)
+        except AxesBackendPermissionDenied:
+            if password is not None:
+                get_user_model()().set_password(password)
+            raise
 
 
 def login_refused_message() -> str:

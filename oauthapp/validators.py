@@ -6,7 +6,8 @@ rotated refresh token presented again within REFRESH_TOKEN_GRACE_SECONDS gets th
 first use minted (after that, reuse revokes the family), a GitHub user's refresh re-checks
 the GitHub access policy, and every invalid_grant says which problem it was. The token view
 runs all of it in one transaction (oauthapp.views.TokenView), so the row locks taken here
-serialise concurrent exchanges of one code or one refresh token.
+serialise concurrent exchanges of one code or one refresh token; the GitHub check, which
+waits on GitHub, runs before that transaction (`github_policy_checked_first`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -220,11 +224,21 @@ class MCPOAuth2Validator(OAuth2Validator):
         user = rt.user
         if user is None or not services.github_policy_applies(user=user):
             return
+        checked_first = _github_policy_checked_first.get() or {}
         try:
-            services.github_policy_recheck(user=user)
+            if user.pk in checked_first:
+                outcome = checked_first[user.pk]
+                if outcome is not None:
+                    raise outcome
+            else:  # not checked before the transaction (the token view always does)
+                services.github_policy_recheck(user=user)
         except services.GithubAccessLost as exc:
             services.github_access_withdraw(
-                user=user, application=rt.application, reason=str(exc), address=_address(request)
+                user=user,
+                application=rt.application,
+                reason=str(exc),
+                address=_address(request),
+                on="refresh",
             )
             raise errors.InvalidGrantError(description=_ascii(str(exc)), request=request) from exc
         except services.GithubUnavailable as exc:
@@ -283,6 +297,47 @@ class MCPOAuth2Validator(OAuth2Validator):
             )
         elif presented and isinstance(rotated, RefreshToken) and token.get("refresh_token") != presented:
             services.refresh_grace_store(rotated=rotated, presented=presented, token=token)
+
+
+# The GitHub policy outcome of a refresh's user, found before the token view's transaction
+# (`github_policy_checked_first`): by user id, None when they pass, else what to answer with.
+_github_policy_checked_first: ContextVar[dict[int, Exception | None] | None] = ContextVar(
+    "github_policy_checked_first", default=None
+)
+
+
+@contextmanager
+def github_policy_checked_first(*, refresh_token: str | None) -> Iterator[None]:
+    """Re-check the GitHub policy of the user a refresh token belongs to now, before the token
+    view opens its transaction, and let the validator use the outcome inside it.
+
+    The check may ask GitHub twice (GITHUB_API_TIMEOUT each); inside the transaction it would
+    hold the refresh token's row lock that long, and on SQLite every database write. The token
+    is looked up here without a lock; whatever happens to it meanwhile (a concurrent rotation)
+    the validator still decides under the lock, with this outcome for its user, and a refusal
+    is still answered only once the client has authenticated and the token is found valid.
+    """
+    outcomes: dict[int, Exception | None] = {}
+    if refresh_token:
+        rt = (
+            RefreshToken.objects.filter(
+                token_checksum=services.token_checksum(refresh_token), revoked__isnull=True
+            )
+            .select_related("user")
+            .first()
+        )
+        user = rt.user if rt is not None else None
+        if user is not None and services.github_policy_applies(user=user):
+            try:
+                services.github_policy_recheck(user=user)
+                outcomes[user.pk] = None
+            except (services.GithubAccessLost, services.GithubUnavailable) as exc:
+                outcomes[user.pk] = exc
+    reset = _github_policy_checked_first.set(outcomes)
+    try:
+        yield
+    finally:
+        _github_policy_checked_first.reset(reset)
 
 
 def _ascii(text: str) -> str:

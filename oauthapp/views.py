@@ -8,14 +8,17 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import BadRequest, RequestDataTooBig, TooManyFieldsSent
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -37,6 +40,7 @@ from .middleware import LOGIN_ERROR_SESSION_KEY
 from .models import Application, PersonalAccessToken
 from .registration import LOOPBACK_HOSTS, RegistrationError, parse_client_metadata
 from .throttle import client_address, registration_allowed
+from .validators import github_policy_checked_first
 
 # The grants this server offers; any other grant_type is unsupported_grant_type (RFC 6749 5.2).
 OFFERED_GRANT_TYPES = ("authorization_code", "refresh_token")
@@ -89,6 +93,42 @@ class JsonMethodNotAllowed:
         return oauth_error("invalid_request", f"Use {allowed}", status=405, Allow=allowed)
 
 
+def github_policy_gate(
+    request: HttpRequest, *, on: str, next_url: str, client_id: str = ""
+) -> HttpResponse | None:
+    """For a logged-in user whose only way in is GitHub, re-check the GitHub access policy (at
+    most every GITHUB_POLICY_RECHECK_SECONDS, as on refresh) before anything is issued to them.
+
+    None when they pass. Refused: everything of theirs ends (`github_access_withdraw`: tokens,
+    personal tokens, sessions), and this browser lands on the login page, which says why (with
+    `next`, so that someone else can log in and go on). GitHub unreachable for longer than
+    GITHUB_POLICY_MAX_UNVERIFIED_SECONDS: a 503 page, and nothing changes.
+    """
+    user = request.user
+    if not isinstance(user, User) or not services.github_policy_applies(user=user):
+        return None
+    try:
+        services.github_policy_recheck(user=user)
+    except services.GithubAccessLost as exc:
+        services.github_access_withdraw(
+            user=user,
+            application=Application.objects.filter(client_id=client_id).first() if client_id else None,
+            reason=str(exc),
+            address=client_address(request),
+            on=on,
+        )
+        logout(request)
+        request.session[LOGIN_ERROR_SESSION_KEY] = str(exc)
+        return redirect_to_login(next_url)
+    except services.GithubUnavailable:
+        response = render(request, "oauthapp/unavailable.html", {"github_unreachable": True}, status=503)
+        response["Retry-After"] = str(settings.OUTAGE_RETRY_AFTER_SECONDS)
+        response["Cache-Control"] = "no-store"
+        response._has_been_logged = True  # type: ignore[attr-defined]  # GitHub's outage, not our bug
+        return response
+    return None
+
+
 # --- Discovery -------------------------------------------------------------------------------
 
 
@@ -125,7 +165,7 @@ class ProtectedResourceMetadataView(dot_views.OAuthProtectedResourceMetadataView
     def get_scopes_supported(self) -> list[str]:
         # The minimal scopes the MCP endpoints need (what clients should ask for), not every
         # scope the authorization server knows.
-        return [settings.MCP_SCOPE]
+        return list(settings.MCP_REQUIRED_SCOPES)
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         suffix = (kwargs.get("resource_path") or "").strip("/")
@@ -218,6 +258,16 @@ class AuthorizeView(dot_views.AuthorizationView):
             unknown = [r for r in request.GET.getlist("resource") if not selectors.resource_is_known(r)]
             if unknown:
                 return self._invalid_target(credentials, unknown[0])
+        # Before a code is issued or the consent page shown: a GitHub user who no longer passes
+        # the policy gets neither, though an approval is remembered and the browser logged in.
+        refusal = github_policy_gate(
+            request,
+            on="authorize",
+            next_url=request.get_full_path(),
+            client_id=request.GET.get("client_id") or request.POST.get("client_id") or "",
+        )
+        if refusal is not None:
+            return refusal
         return super().dispatch(request, *args, **kwargs)
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -344,6 +394,7 @@ class TokenView(JsonMethodNotAllowed, dot_views.TokenView):
     The whole exchange runs in one transaction: a request that fails on the way (the
     database or cache went away) stores nothing, so its code or refresh token still works
     for the retry; the validator's row locks serialise concurrent uses of one code or token.
+    A refresh's GitHub policy check, which waits on GitHub, is made just before it.
     What happens after a token is issued (client last used, the event) is the
     `app_authorized` receiver's (oauthapp.signals), inside the same transaction.
     """
@@ -360,7 +411,8 @@ class TokenView(JsonMethodNotAllowed, dot_views.TokenView):
                 "unsupported_grant_type",
                 f"This server offers the {' and '.join(OFFERED_GRANT_TYPES)} grants only",
             )
-        with transaction.atomic():
+        refresh_token = request.POST.get("refresh_token") if grant_type == "refresh_token" else None
+        with github_policy_checked_first(refresh_token=refresh_token), transaction.atomic():
             response = self.authorization_flow_token_response(request)
         # Errors raised while saving the token (our RFC 8707 invalid_target among them) reach
         # DOT's backend outside oauthlib's handler and come back without a Content-Type.
@@ -513,6 +565,9 @@ def _connected_apps_page(
 @require_POST
 def personal_token_create(request: AuthenticatedRequest) -> HttpResponse:
     """Create a personal access token and show it on the page, once (it is stored hashed)."""
+    refusal = github_policy_gate(request, on="personal token", next_url=reverse("connected-apps"))
+    if refusal is not None:
+        return refusal
     form = PersonalTokenForm(request.POST)
     if not form.is_valid():
         return _connected_apps_page(request, token_form=form, status=400)

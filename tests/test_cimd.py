@@ -1,8 +1,9 @@
 """Client ID Metadata Documents against live servers: documents served on 127.0.0.1 by the test.
 
-`cimd_server` runs with CIMD_ALLOW_LOOPBACK (its PUBLIC_URL is loopback) and trusts the test's
-CA (SSL_CERT_FILE), so its https fetches of our documents go through the real TLS check; a
-1-second fetch timeout and a 1-second minimum cache age keep the slow and refetch cases short.
+`cimd_server` runs with CIMD_ALLOW_LOOPBACK, which only a development server may have (DEBUG=true,
+on a loopback PUBLIC_URL), and trusts the test's CA (SSL_CERT_FILE), so its https fetches of our
+documents go through the real TLS check; a 1-second fetch timeout and a 1-second minimum cache
+age keep the slow and refetch cases short.
 The shared `server` has the defaults: CIMD on, loopback documents refused.
 """
 
@@ -42,7 +43,7 @@ from tests.support.oauth import (
     query_of,
 )
 from tests.support.sdk_client import CALLBACK as SDK_CALLBACK
-from tests.support.sdk_client import MemoryStorage, call_tool
+from tests.support.sdk_client import MemoryStorage, Person, call_tool
 
 DOC_CALLBACK = "http://localhost:33420/callback"
 CLIENTS = "/admin/oauthapp/application/"
@@ -71,6 +72,7 @@ def http_docs() -> Iterator[DocumentServer]:
 def cimd_server(tmp_path_factory: pytest.TempPathFactory, test_ca: DocumentsCA) -> Iterator[LiveServer]:
     server = prepare_server(
         tmp_path_factory.mktemp("cimd"),
+        DEBUG="true",
         CIMD_ALLOW_LOOPBACK="true",
         CIMD_FETCH_TIMEOUT_SECONDS="1",
         CIMD_CACHE_MIN_SECONDS="1",
@@ -139,26 +141,32 @@ def test_the_metadata_advertises_metadata_documents_and_public_clients_by_defaul
 
 
 def test_the_sdk_client_logs_in_with_its_metadata_document_and_adds_23_and_19(
-    cimd_server: LiveServer, cimd_alice: Browser, https_docs: DocumentServer
+    cimd_server: LiveServer, https_docs: DocumentServer
 ) -> None:
     path = unique("/sdk-client.json")
     url = https_docs.document(path, client_name="SDK by document", redirect_uris=[SDK_CALLBACK])
     storage = MemoryStorage()
+    # A browser nobody has logged in with: alice goes through our login form and consent page.
+    browser = Browser(cimd_server.url)
+    alice = Person(browser, credentials=ALICE)
 
     result, tools = anyio.run(
         lambda: call_tool(
             f"{cimd_server.url}/mcp",
-            cimd_alice,
+            browser,
             "add",
             {"a": 23, "b": 19},
             storage=storage,
             client_metadata_url=url,
+            person=alice,
         )
     )
+    browser.close()
 
     assert result.is_error is False
     assert [c.text for c in result.content] == ["42"]
     assert "add" in tools
+    assert alice.seen == ["login", "consent"]
     # The SDK used the URL as its client_id and registered nothing.
     assert storage.client is not None and storage.client.client_id == url
     assert application_row(cimd_server, url) == ("cimd", "public", SDK_CALLBACK, "SDK by document")
@@ -320,6 +328,21 @@ def test_it_refuses_a_document_outside_the_policy_and_says_why(
     assert https_docs.hits[path] == 1
 
 
+def test_a_document_the_toolkit_cannot_store_is_refused_for_good_and_says_why(
+    cimd_server: LiveServer, cimd_alice: Browser, https_docs: DocumentServer
+) -> None:
+    # A valid document, but its URL (the client_id) is longer than a client_id column holds:
+    # the toolkit refuses it after our fetcher returned, which is no reason to "try again".
+    path = unique(f"/{'x' * 260}.json")
+    url = https_docs.document(path)
+    reason = "this server cannot accept the client it describes (client_id: Ensure this value has at most 255"
+    assert_refused_with(cimd_server, cimd_alice, url, reason)
+    assert_refused_with(cimd_server, cimd_alice, url, reason)
+    assert https_docs.hits[path] == 1
+    events = cimd_server.sql("SELECT detail FROM oauthapp_oauthevent WHERE kind = 'cimd_fetch_failed'")
+    assert any("at most 255 characters" in json.loads(detail)["reason"] for (detail,) in events)
+
+
 def assert_refused_with(server: LiveServer, browser: Browser, url: str, reason: str) -> None:
     page = authorize_page(browser, url)
     assert page.status_code == 400, page.text
@@ -334,6 +357,8 @@ FETCH_REFUSALS: dict[str, tuple[bytes | dict[str, Any] | None, dict[str, Any], s
     # body (None: a valid document for its URL), route options, reason shown
     "oversized": (None, {}, "exceeds the maximum allowed size"),
     "slow": (None, {"delay": 3.0}, "did not arrive within 1 second"),
+    # Headers at once, then the body a byte every 0.1 s: each read is quick, the whole takes ~15 s.
+    "slow-drip": (None, {"drip": 0.1}, "did not arrive within 1 second"),
     "not-json-content-type": (b"<html>hello</html>", {"content_type": "text/html"}, "is not JSON"),
     "not-json-body": (b"{not json", {}, "is not valid JSON"),
     "json-not-an-object": (b'["a list"]', {}, "must be a JSON object"),
@@ -352,12 +377,15 @@ def test_it_refuses_a_document_it_cannot_use_and_says_why(
 ) -> None:
     path = unique("/client.json")
     url = https_docs.url(path)
+    slow = "delay" in route or "drip" in route
     if body is None:
-        body = (
-            big_document(url) if "delay" not in route else {"client_id": url, "redirect_uris": [DOC_CALLBACK]}
-        )
+        body = {"client_id": url, "redirect_uris": [DOC_CALLBACK]} if slow else big_document(url)
     https_docs.put(path, body, **route)
+    started = time.monotonic()
     assert_refused_with(cimd_server, cimd_alice, url, reason)
+    if slow:
+        # CIMD_FETCH_TIMEOUT_SECONDS is 1 here: the page must not wait for the document much longer.
+        assert time.monotonic() - started < 5
     # The toolkit backs off after a failure: a retry is answered from memory, with the same reason.
     assert_refused_with(cimd_server, cimd_alice, url, reason)
     assert https_docs.hits[path] == 1
@@ -367,6 +395,17 @@ def test_it_refuses_a_document_it_cannot_use_and_says_why(
         "SELECT detail FROM oauthapp_oauthevent WHERE kind = 'cimd_fetch_failed' AND client_name = ?", (url,)
     )
     assert len(events) >= 1 and json.loads(events[0][0])["reason"]
+
+
+def test_a_loopback_http_document_trickled_past_the_time_limit_is_refused_in_time(
+    cimd_server: LiveServer, cimd_alice: Browser, http_docs: DocumentServer
+) -> None:
+    path = unique("/client.json")
+    url = http_docs.url(path)
+    http_docs.put(path, {"client_id": url, "redirect_uris": [DOC_CALLBACK]}, drip=0.1)
+    started = time.monotonic()
+    assert_refused_with(cimd_server, cimd_alice, url, "did not arrive within 1 second")
+    assert time.monotonic() - started < 5
 
 
 def test_it_refuses_an_http_document_url_off_loopback_without_fetching(
@@ -487,11 +526,18 @@ def settings_check(**env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_it_refuses_to_start_with_loopback_documents_on_a_public_url() -> None:
-    refused = settings_check(PUBLIC_URL="https://mcp.example.com", CIMD_ALLOW_LOOPBACK="true")
+def test_loopback_documents_are_refused_at_start_up_unless_debug_is_on() -> None:
+    # DEBUG=false is a server others reach: it never fetches from its own machine.
+    refused = settings_check(PUBLIC_URL="http://127.0.0.1:8787", CIMD_ALLOW_LOOPBACK="true")
     assert refused.returncode != 0
-    assert "CIMD_ALLOW_LOOPBACK is for a server on a loopback PUBLIC_URL only" in refused.stderr
-    allowed = settings_check(PUBLIC_URL="http://127.0.0.1:8787", CIMD_ALLOW_LOOPBACK="true")
+    assert refused.stderr.strip().splitlines() == [
+        "Configuration error: CIMD_ALLOW_LOOPBACK=true is for local development only; "
+        "it needs DEBUG=true (and so a loopback PUBLIC_URL)."
+    ]
+    public = settings_check(PUBLIC_URL="https://mcp.example.com", CIMD_ALLOW_LOOPBACK="true")
+    assert public.returncode != 0
+    assert "CIMD_ALLOW_LOOPBACK=true is for local development only" in public.stderr
+    allowed = settings_check(PUBLIC_URL="http://127.0.0.1:8787", CIMD_ALLOW_LOOPBACK="true", DEBUG="true")
     assert allowed.returncode == 0, allowed.stderr
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,8 +24,12 @@ REFUSED = "Your username and password didn&#x27;t match, or there were too many 
 
 @pytest.fixture(scope="module")
 def throttled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("throttle")
     server = prepare_server(
-        tmp_path_factory.mktemp("throttle"),
+        tmp,
+        # Django's PBKDF2 hasher, counting the passwords it hashes (tests/support/counting_hasher.py).
+        DJANGO_SETTINGS_MODULE="tests.support.counting_hasher",
+        PASSWORD_HASH_COUNT_FILE=str(tmp / "hashed.txt"),
         BEHIND_PROXY="true",
         LOGIN_FAILURE_LIMIT="3",
         LOGIN_ADDRESS_FAILURE_LIMIT="6",
@@ -97,6 +102,31 @@ def test_a_few_failures_lock_that_account_from_that_address_and_the_right_passwo
         "login_throttled",
         "login_throttled",
     ]
+
+
+def passwords_hashed(server: LiveServer) -> int:
+    counted = Path(server.env["PASSWORD_HASH_COUNT_FILE"])
+    return len(counted.read_text().splitlines()) if counted.exists() else 0
+
+
+def test_a_locked_attempt_hashes_the_password_as_a_wrong_one_does(throttled: LiveServer) -> None:
+    """No way to tell a locked account by the time its answer takes: the work is the same.
+
+    Counted rather than timed: the server's password hasher notes each password it hashes
+    (Django's PBKDF2, unchanged). A wrong password costs one hash, and so must a locked attempt.
+    """
+    address = next(_addresses)
+
+    def attempt(username: str, password: str) -> int:
+        before = passwords_hashed(throttled)
+        assert_refused(log_in(throttled, address, username, password))
+        return passwords_hashed(throttled) - before
+
+    assert [attempt(CAROL[0], "wrong-password") for _ in range(3)] == [1, 1, 1]
+    # Locked now: the right password, a wrong one, and a name nobody has all cost one hash.
+    assert attempt(*CAROL) == 1
+    assert attempt(CAROL[0], "another-wrong-password") == 1
+    assert attempt("nobody-by-this-name", "whatever") == 1
 
 
 def test_many_failures_from_one_address_stop_password_spraying(throttled: LiveServer) -> None:

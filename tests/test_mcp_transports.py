@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.live import LiveServer, manage
+from tests.support.live import ALICE, LiveServer, create_users, manage, prepare_server
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, sse_messages
 from tests.support.oauth import Browser, obtain_token
 
@@ -81,12 +82,80 @@ def test_it_refuses_a_token_in_the_query_string(server: LiveServer, alice_token:
     assert response.json()["error"] == "invalid_request"
 
 
-def test_it_forbids_a_token_without_the_mcp_scope(server: LiveServer) -> None:
+def open_endpoint(server_url: str, path: str, token: str) -> httpx.Response:
+    """What a client first sends to `path`: initialize on /mcp, the stream's GET on /sse."""
+    if path == "/sse":
+        with httpx.stream(
+            "GET", f"{server_url}/sse", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ) as response:
+            if response.status_code != 200:  # an error body is short; a stream never ends
+                response.read()
+            return response
+    return httpx.post(
+        f"{server_url}/mcp",
+        json=initialize_body(),
+        headers={"Accept": ACCEPT, "Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("path", ["/sse", "/mcp"])
+def test_it_forbids_a_token_without_the_mcp_scope(server: LiveServer, path: str) -> None:
     token = make_token(server, username="alice", scope="oauth2_provider:registration")
-    response = post_mcp(server, initialize_body(), token)
+    response = open_endpoint(server.url, path, token)
     assert response.status_code == 403
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
     assert 'scope="mcp"' in response.headers["www-authenticate"]
+    assert response.json()["error"] == "insufficient_scope"
+
+
+@pytest.fixture(scope="module")
+def scoped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server whose operator requires two scopes of their own besides mcp (MCP_REQUIRED_SCOPES)."""
+    scoped = prepare_server(tmp_path_factory.mktemp("scoped"), MCP_REQUIRED_SCOPES="mcp acme:read acme:write")
+    create_users(scoped.env, (*ALICE, {}))
+    scoped.start()
+    yield scoped
+    scoped.stop()
+
+
+@pytest.mark.parametrize("path", ["/sse", "/mcp"])
+def test_the_challenges_name_every_scope_the_operator_requires_and_every_one_missing(
+    scoped_server: LiveServer, path: str
+) -> None:
+    url = scoped_server.url
+    asked = httpx.request("GET" if path == "/sse" else "POST", f"{url}{path}")
+    assert asked.status_code == 401
+    assert 'scope="mcp acme:read acme:write"' in asked.headers["www-authenticate"]
+    metadata = httpx.get(f"{url}/.well-known/oauth-protected-resource{path}").json()
+    assert metadata["scopes_supported"] == ["mcp", "acme:read", "acme:write"]
+
+    browser = Browser(url)
+    assert browser.login(*ALICE).status_code == 302
+    # A client that asks for mcp alone gets mcp alone, and a 403 naming both scopes it lacks.
+    narrow = obtain_token(url, browser, scope="mcp")
+    assert narrow["scope"] == "mcp"
+    refused = open_endpoint(url, path, narrow["access_token"])
+    assert refused.status_code == 403
+    challenge = refused.headers["www-authenticate"]
+    assert 'error="insufficient_scope"' in challenge
+    assert 'scope="acme:read acme:write"' in challenge
+    assert refused.json() == {
+        "error": "insufficient_scope",
+        "error_description": "The access token lacks the scopes acme:read acme:write",
+    }
+    # Asking for what the challenge named (or for nothing we know: the defaults) is enough.
+    for scope in ("mcp acme:read acme:write", "openid profile"):
+        full = obtain_token(url, browser, scope=scope)
+        assert set(full["scope"].split()) == {"mcp", "acme:read", "acme:write"}
+        assert open_endpoint(url, path, full["access_token"]).status_code == 200
+    browser.close()
+
+
+def test_personal_tokens_carry_every_required_scope(scoped_server: LiveServer) -> None:
+    token = manage(scoped_server.env, "create_personal_token", "alice", "--name", "scoped").strip()
+    for path in ("/sse", "/mcp"):
+        assert open_endpoint(scoped_server.url, path, token).status_code == 200
 
 
 def test_it_rejects_a_token_bound_to_the_other_endpoint(server: LiveServer, alice_browser: Browser) -> None:

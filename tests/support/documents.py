@@ -104,7 +104,8 @@ class Route:
     content_type: str = "application/json"
     status: int = 200
     cache_control: str = "max-age=3600"
-    delay: float = 0.0
+    delay: float = 0.0  # seconds before the headers
+    drip: float = 0.0  # seconds between the body's bytes (the headers come at once)
 
 
 class DocumentServer:
@@ -126,7 +127,7 @@ class DocumentServer:
                     route = Route(b'{"error": "not found"}', status=404)
                 if route.delay:
                     time.sleep(route.delay)
-                # The server under test may have given up already (the slow-document test).
+                # The server under test may have given up already (the slow-document tests).
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
                     self.send_response(route.status)
                     self.send_header("Content-Type", route.content_type)
@@ -134,7 +135,14 @@ class DocumentServer:
                     if route.cache_control:
                         self.send_header("Cache-Control", route.cache_control)
                     self.end_headers()
-                    self.wfile.write(route.body)
+                    if not route.drip:
+                        self.wfile.write(route.body)
+                        return
+                    self.wfile.flush()
+                    for offset in range(len(route.body)):
+                        self.wfile.write(route.body[offset : offset + 1])
+                        self.wfile.flush()
+                        time.sleep(route.drip)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -56,6 +57,8 @@ class FakeGithub:
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
     # While True the API answers 503, as GitHub does in an incident (the login pages still work).
     api_unavailable: bool = False
+    # Seconds the API takes to answer (a slow GitHub); the login pages answer at once.
+    api_delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -75,6 +78,12 @@ class FakeGithub:
         with self.lock:
             self.tokens[token] = user
         return token
+
+    def revoke_tokens_of(self, user: GithubUser) -> None:
+        """The user removed this OAuth App at GitHub: GitHub no longer accepts its tokens for them."""
+        with self.lock:
+            for token in [token for token, owner in self.tokens.items() if owner.id == user.id]:
+                del self.tokens[token]
 
     def paths_requested(self) -> list[str]:
         return [path for _method, path, _headers in self.requests]
@@ -150,6 +159,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._record()
         if path == "/login/oauth/authorize":
             return self._authorize(query)
+        if self.github.api_delay:
+            time.sleep(self.github.api_delay)
         if self.github.api_unavailable:
             return self._json(503, {"message": "Service Unavailable"})
         user = self._token_user()

@@ -1,13 +1,16 @@
 """The official `mcp` Python SDK client, doing the whole OAuth flow against our server.
 
-The SDK opens the authorization URL through `redirect_handler`; here a logged-in Browser
-follows it like a person would: it sees our consent page and presses Approve, and the
-callback's query goes back to the SDK.
+The SDK opens the authorization URL through `redirect_handler`; here a `Person` at a Browser
+follows it: logs in on our login form when sent there (if they were given credentials), sees
+our consent page and presses Approve, and the callback's query goes back to the SDK. The
+person notes the pages they saw, so a test can tell that login and consent really happened.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx2
 from mcp import Client
@@ -40,6 +43,43 @@ class MemoryStorage(TokenStorage):
         self.client = client_info
 
 
+@dataclass
+class Person:
+    """Someone at `browser` who approves what the client asks, logging in first if asked to.
+
+    `seen` lists the pages they went through: "login" (they filled in our login form) and
+    "consent" (they pressed Approve on our consent page).
+    """
+
+    browser: Browser
+    credentials: tuple[str, str] | None = None
+    seen: list[str] = field(default_factory=list)
+
+    def authorize(self, authorization_url: str) -> str:
+        """Open the authorization URL; returns where our server finally sends the browser."""
+        url = authorization_url
+        page = self.browser.http.get(url)
+        for _ in range(4):
+            location = page.headers.get("location", "")
+            if page.status_code == 302 and location.startswith("/login"):
+                assert self.credentials is not None, "sent to the login page, with no credentials"
+                page = self.browser.login(*self.credentials, next_url=query_of(location)["next"])
+                assert page.status_code == 302, page.text  # a refused login stays on the page
+                self.seen.append("login")
+                url = urljoin(url, page.headers["location"])
+                page = self.browser.http.get(url)
+            elif page.status_code == 200:  # the consent page: approve
+                assert 'id="authorizationForm"' in page.text, page.text
+                form = hidden_fields(page.text)
+                form["allow"] = "Authorize"
+                self.seen.append("consent")
+                page = self.browser.http.post(url, data=form)
+            else:
+                break
+        assert page.status_code == 302, page.text
+        return page.headers["location"]
+
+
 def oauth_provider(
     server_url: str,
     browser: Browser,
@@ -47,18 +87,17 @@ def oauth_provider(
     *,
     client_metadata_url: str | None = None,
     redirect_uri: str = CALLBACK,
+    person: Person | None = None,
 ) -> OAuthClientProvider:
-    """The SDK's OAuth provider; with `client_metadata_url` it uses that URL as its client_id (CIMD)."""
+    """The SDK's OAuth provider; with `client_metadata_url` it uses that URL as its client_id (CIMD).
+
+    The authorization URL is opened by `person` (by default: whoever is logged in at `browser`).
+    """
     captured: dict[str, str] = {}
+    person = person or Person(browser)
 
     async def redirect_handler(authorization_url: str) -> None:
-        page = browser.http.get(authorization_url)
-        if page.status_code == 200:  # the consent page: approve
-            form = hidden_fields(page.text)
-            form["allow"] = "Authorize"
-            page = browser.http.post(authorization_url, data=form)
-        assert page.status_code == 302, page.text
-        captured["location"] = page.headers["location"]
+        captured["location"] = person.authorize(authorization_url)
 
     async def callback_handler() -> AuthorizationCodeResult:
         query = query_of(captured["location"])
@@ -91,11 +130,17 @@ async def call_tool(
     storage: MemoryStorage | None = None,
     client_metadata_url: str | None = None,
     redirect_uri: str = CALLBACK,
+    person: Person | None = None,
 ) -> tuple[Any, list[str]]:
     """Connect with the SDK (OAuth included), call one tool; returns (result, tool names)."""
     storage = storage or MemoryStorage()
     auth = oauth_provider(
-        server_url, browser, storage, client_metadata_url=client_metadata_url, redirect_uri=redirect_uri
+        server_url,
+        browser,
+        storage,
+        client_metadata_url=client_metadata_url,
+        redirect_uri=redirect_uri,
+        person=person,
     )
     async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
         if transport == "sse":
