@@ -4,6 +4,8 @@ README says, reusing this run's virtualenv (through the Makefile's VENV) so noth
 The copy holds the files git would hand a new clone (tracked and untracked-but-not-ignored,
 so uncommitted work is tested too), never .venv, node_modules, db.sqlite3, .env or
 .local-login. Every `make` runs in a process group of its own and is stopped as a group.
+Its output (the server's log among it) is held to the log check (tests/support/logcheck.py)
+like any live server's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import logcheck
 from tests.support.live import ROOT
 
 VENV = Path(sys.prefix)
@@ -76,6 +79,8 @@ class Make:
                 stderr=err,
                 start_new_session=True,
             )
+        for path in (self.out_path, self.err_path):
+            logcheck.watch(f"{self.name} ({path.suffix[1:]})", path)
         return self
 
     def out(self) -> str:
@@ -100,12 +105,14 @@ class Make:
     def wait(self, timeout: float = 90) -> int:
         assert self.process is not None
         try:
-            return self.process.wait(timeout=timeout)
+            code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop()
             raise AssertionError(
                 f"make did not finish within {timeout}s:\n{self.out()}\n{self.err()}"
             ) from None
+        self._check_logs()
+        return code
 
     def stop(self) -> None:
         """SIGTERM to the group we started (make, the reloader, the server), then SIGKILL leftovers."""
@@ -127,6 +134,11 @@ class Make:
                 continue
             break
         self.process.poll()
+        self._check_logs()
+
+    def _check_logs(self) -> None:
+        for path in (self.out_path, self.err_path):
+            logcheck.stopped(path)
 
 
 def group_alive(group: int) -> bool:
