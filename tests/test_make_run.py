@@ -1,6 +1,7 @@
 """`make run` as a newcomer runs it, in a fresh copy of this checkout (tests/support/checkout.py):
 the port it is given is the one every URL names, it says little and only true things, a copied
 .env.example is explained in one line, configuration errors are one line, and it reloads.
+Its output is held to the log check like every live server's.
 """
 
 from __future__ import annotations
@@ -36,11 +37,6 @@ def claude_config(page: str) -> dict:
     return json.loads(html.unescape(match.group(1)))
 
 
-def assert_no_traceback(*runs: Make) -> None:
-    for run in runs:
-        assert "Traceback" not in run.out() + run.err(), run.out() + run.err()
-
-
 def test_make_run_advertises_the_port_it_was_given_everywhere(checkout: Path) -> None:
     port = free_port()
     run = make_run(checkout, port, "run")
@@ -69,7 +65,6 @@ def test_make_run_advertises_the_port_it_was_given_everywhere(checkout: Path) ->
         assert f"Serving on {local}  (open {origin}/, MCP endpoint {origin}/mcp)" in run.out()
     finally:
         run.stop()
-    assert_no_traceback(run)
 
 
 def test_make_run_says_serving_once_bound_and_prints_the_password_only_the_first_time(checkout: Path) -> None:
@@ -96,7 +91,6 @@ def test_make_run_says_serving_once_bound_and_prints_the_password_only_the_first
         second.stop()
     assert password not in again + second.err()
     assert f"Local login: username {username} (the password is in .local-login)" in again
-    assert_no_traceback(first, second)
 
 
 def test_make_run_with_a_copied_env_example_says_in_one_line_what_to_change(checkout: Path) -> None:
@@ -136,7 +130,6 @@ def test_make_run_with_a_copied_env_example_says_in_one_line_what_to_change(chec
     finally:
         fixed.stop()
     assert "Warning" not in fixed.err()
-    assert_no_traceback(refused, pinned, fixed)
 
 
 BAD_SETTINGS = [
@@ -156,6 +149,24 @@ BAD_SETTINGS = [
         "Configuration error: SECRET_KEY must be set to a random value of at least 32 characters "
         "when DEBUG is false: set it in the environment",
     ),
+    (
+        {"DATABASE_URL": "foo://bar"},
+        "Configuration error: DATABASE_URL (from the environment) has an unknown scheme 'foo'",
+    ),
+    (
+        # The password is never echoed.
+        {"DATABASE_URL": "postgres://mcp:s3cret@db:port/mcp"},
+        "Configuration error: DATABASE_URL (from the environment) is not a valid URL",
+    ),
+    (
+        {"LOG_LEVEL": "LOUD"},
+        "Configuration error: LOG_LEVEL='LOUD' is not a log level "
+        "(use DEBUG, INFO, WARNING, ERROR or CRITICAL)",
+    ),
+    (
+        {"REDIS_URL": "notaurl"},
+        "Configuration error: REDIS_URL (from the environment) is not a Redis URL",
+    ),
 ]
 
 
@@ -163,7 +174,18 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize(
     ("bad", "message"),
     BAD_SETTINGS,
-    ids=["port-word", "port-range", "debug", "public-url", "github", "secret"],
+    ids=[
+        "port-word",
+        "port-range",
+        "debug",
+        "public-url",
+        "github",
+        "secret",
+        "database-scheme",
+        "database-port",
+        "log-level",
+        "redis-url",
+    ],
 )
 def test_every_configuration_error_is_one_line_and_a_failure_exit(
     tmp_path: Path, command: list[str], bad: dict[str, str], message: str
@@ -175,12 +197,13 @@ def test_every_configuration_error_is_one_line_and_a_failure_exit(
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=30,
         check=False,
     )
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith(message), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+    assert "s3cret" not in result.stderr
     assert result.stdout == ""
 
 
@@ -208,4 +231,3 @@ def test_make_run_restarts_the_server_when_code_or_a_template_changes(checkout: 
         assert "<h2>Edited endpoints</h2>" in httpx.get(home_url).text
     finally:
         run.stop()
-    assert_no_traceback(run)
