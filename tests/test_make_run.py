@@ -1,24 +1,31 @@
 """`make run` as a newcomer runs it, in a fresh copy of this checkout (tests/support/checkout.py):
 the port it is given is the one every URL names, it says little and only true things, a copied
-.env.example is explained in one line, configuration errors are one line, and it reloads.
-Its output is held to the log check like every live server's.
+.env.example is explained in one line, configuration errors are one line, it reloads, and
+Ctrl-C stops it cleanly. Its output is held to the log check like every live server's.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.checkout import Make, accepts_connections, copy_checkout, newcomer_env
+from tests.support.checkout import Make, accepts_connections, copy_checkout, group_alive, newcomer_env
 from tests.support.live import ROOT, free_port
+from tests.support.mcp_http import MCPHttp
+from tests.support.oauth import Browser, obtain_token
 
 
 @pytest.fixture
@@ -231,3 +238,55 @@ def test_make_run_restarts_the_server_when_code_or_a_template_changes(checkout: 
         assert "<h2>Edited endpoints</h2>" in httpx.get(home_url).text
     finally:
         run.stop()
+
+
+def test_ctrl_c_stops_make_run_cleanly_and_writes_the_last_audit_records(checkout: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole group: make, the reloader and the server; the
+    reloader then sends the server a SIGINT of its own. The server must take both as one
+    request to stop (a call in flight finishes, the audit buffer is written), not as the
+    second, impatient Ctrl-C that exits on the spot."""
+    port = free_port()
+    # The audit is written every 30 s here: the calls' records can only reach the database
+    # through the shutdown's final write. The fixture tools give a call that takes a while.
+    env = newcomer_env(checkout.parent / "home", MCP_AUDIT_FLUSH_MS="30000", MCP_CONFORMANCE_FIXTURES="true")
+    run = Make(checkout, ["run", f"PORT={port}"], env, name="interrupted").start()
+    try:
+        run.wait_for("Serving on")
+        url = f"http://127.0.0.1:{port}"
+        username, password = (checkout / ".local-login").read_text().split()
+        browser = Browser(url)
+        assert browser.login(username, password).status_code == 302
+        mcp = MCPHttp(url, obtain_token(url, browser)["access_token"], version="2025-11-25")
+        browser.close()
+        mcp.initialize()
+        assert mcp.call("add", {"a": 20, "b": 22})["result"]["content"][0]["text"] == "42"
+
+        inside, answer = threading.Event(), []
+
+        def slow_call() -> None:
+            body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call"}
+            body["params"] = {"name": "test_sleep", "arguments": {"seconds": 0.5}}
+            with mcp.http.stream("POST", "/mcp", json=body, headers=mcp.headers()) as response:
+                lines = response.iter_lines()
+                answer.append(next(lines))  # the stream's priming event: the call is running
+                inside.set()
+                answer.extend(lines)
+
+        caller = threading.Thread(target=slow_call, daemon=True)
+        caller.start()
+        assert inside.wait(10), "the slow call did not start"
+        assert run.process is not None
+        os.killpg(run.process.pid, signal.SIGINT)  # what the terminal does
+        deadline = time.monotonic() + 10  # watchfiles would SIGKILL a server still there after 5 s
+        while group_alive(run.process.pid):
+            assert time.monotonic() < deadline, f"make run still running after Ctrl-C:\n{run.err()}"
+            time.sleep(0.1)
+        caller.join(5)
+        mcp.close()
+    finally:
+        run.stop()
+    assert "slept 0.5 s" in "\n".join(answer), answer
+    assert run.err().count("SIGINT: stopping") == 1, run.err()
+    with sqlite3.connect(checkout / "db.sqlite3") as db:
+        rows = db.execute("SELECT tool, outcome FROM mcpapp_toolcall ORDER BY id").fetchall()
+    assert rows == [("add", "ok"), ("test_sleep", "ok")]
