@@ -76,11 +76,15 @@ def test_make_run_advertises_the_port_it_was_given_everywhere(checkout: Path) ->
 
 def test_make_run_says_serving_once_bound_and_prints_the_password_only_the_first_time(checkout: Path) -> None:
     port = free_port()
-    first = make_run(checkout, port, "first")
+    env = newcomer_env(checkout.parent / "home")
+    first = Make(checkout, ["run", f"PORT={port}"], env, name="first")
+    # A client started on that line connects: tried once, the instant the line is read.
+    connected = first.on_line("Serving on", lambda: accepts_connections(port))
+    first.start()
     try:
         out = first.wait_for("Serving on")
-        # Printed from daphne's listen_success: a client started on that line connects.
-        assert accepts_connections(port)
+        assert connected.done.wait(10)
+        assert connected.result is True, "'Serving on' was printed before the port accepted connections"
     finally:
         first.stop()
     username, password = (checkout / ".local-login").read_text().split()
@@ -137,6 +141,28 @@ def test_make_run_with_a_copied_env_example_says_in_one_line_what_to_change(chec
     finally:
         fixed.stop()
     assert "Warning" not in fixed.err()
+
+
+def test_make_run_takes_its_port_from_env_as_the_settings_do(checkout: Path) -> None:
+    """.env.example says PORT there sets make run's port; the command line still wins."""
+    port, other = free_port(), free_port()
+    (checkout / ".env").write_text(f"DEBUG=true\nPORT={port}\n")
+    env = newcomer_env(checkout.parent / "home")
+    from_file = Make(checkout, ["run"], env, name="from-env-file").start()
+    try:
+        from_file.wait_for("Serving on")
+        metadata = httpx.get(f"http://127.0.0.1:{port}/.well-known/oauth-authorization-server").json()
+        assert metadata["issuer"] == f"http://localhost:{port}"
+    finally:
+        from_file.stop()
+    assert f"Serving on http://127.0.0.1:{port} " in from_file.out()
+
+    given = make_run(checkout, other, "from-command-line")
+    try:
+        given.wait_for("Serving on")
+    finally:
+        given.stop()
+    assert f"Serving on http://127.0.0.1:{other} " in given.out()
 
 
 BAD_SETTINGS = [
