@@ -500,8 +500,9 @@ MCP_ALLOWED_ORIGINS = env_list("MCP_ALLOWED_ORIGINS")
 # The official conformance suite's tools, resources and prompts; for testing only.
 MCP_CONFORMANCE_FIXTURES = env_bool("MCP_CONFORMANCE_FIXTURES", False)
 
-# /metrics (Prometheus): staff users, these addresses (CIDRs), or `Authorization: Bearer
-# <METRICS_TOKEN>`. The default lets only this machine in.
+# /metrics (Prometheus): staff users, these addresses (CIDRs; with BEHIND_PROXY the client
+# address the proxy forwards), or `Authorization: Bearer <METRICS_TOKEN>`. The default lets
+# only this machine in.
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1/32,::1/128")
 try:
