@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from tests.support.live import LiveServer, create_users, prepare_server, worker_pair
+from tests.support.live import ROOT, LiveServer, create_users, prepare_server, worker_pair
 from tests.support.mcp_http import MCPHttp, SSEStream
 from tests.support.oauth import Browser, obtain_token
 from tests.support.services import fresh_postgres_database, fresh_redis_database
@@ -83,6 +84,36 @@ def test_behind_a_proxy_it_judges_the_address_the_proxy_gives(tmp_path: Path) ->
         assert status() == 200  # no proxy in between: a scraper on this machine
     finally:
         server.stop()
+
+
+def exposed_names(text: str) -> set[str]:
+    """Every series name a scrape of `text` offers (histograms' _bucket/_count/_sum too)."""
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and line[0] != "#"}
+    for kind_line in re.findall(r"(?m)^# TYPE (\S+) (\S+)$", text):
+        name, kind = kind_line
+        names.add(name)
+        if kind == "histogram":
+            names |= {f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    return names
+
+
+def test_the_readmes_prometheus_examples_parse_and_name_real_metrics(guarded: LiveServer) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Metrics and logs") :]
+    section = section[: section.index("\n#", 1)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2, "the scrape config and the alert rules"
+    scrape, alerts = (yaml.safe_load(block) for block in blocks)
+    assert scrape["scrape_configs"][0]["authorization"]["credentials"]
+    rules = [rule for group in alerts["groups"] for rule in group["rules"]]
+    assert rules and all(set(rule) >= {"alert", "expr", "annotations"} for rule in rules)
+    named = {name for rule in rules for name in re.findall(r"\bmcp_\w+", rule["expr"])}
+    assert "mcp_oauth_events_total" in named  # the search finds them
+    offered = exposed_names(metrics(guarded))
+    assert sorted(named - offered) == []
+    # The table above the examples names real metrics too.
+    tabled = set(re.findall(r"`(mcp_\w+)", section))
+    assert sorted(tabled - offered) == []
 
 
 def wait_for_sample(server: LiveServer, name: str, value: float, **labels: str) -> str:
