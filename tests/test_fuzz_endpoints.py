@@ -518,7 +518,7 @@ argument = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(any_text, children, max_size=3),
     max_leaves=8,
 )
-arguments = st.dictionaries(
+arguments: st.SearchStrategy[Any] = st.dictionaries(
     st.sampled_from(["a", "b", "hours", "login", "\x00"]) | any_text, argument, max_size=4
 ) | st.sampled_from([None, [], "x", 10**400])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -20,7 +21,8 @@ from tests.support import logcheck
 
 
 def formatter(kind: str) -> logging.Formatter:
-    config = dict(settings.LOGGING["formatters"][kind])
+    logging_config: dict[str, Any] = settings.LOGGING
+    config = dict(logging_config["formatters"][kind])
     if kind == "json":
         config.pop("()")
         return JsonFormatter(**config)
