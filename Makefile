@@ -1,10 +1,9 @@
-# Two commands: `make run` serves http://localhost:8787 (make run PORT=8799 for another port),
-# `make test` runs every check. `make bench` runs the benchmark (bench/README.md);
+# Two commands: `make run` serves http://localhost:8787 (make run PORT=8799, or PORT in .env, for
+# another port), `make test` runs every check. `make bench` runs the benchmark (bench/README.md);
 # BENCH_ARGS="--quick" for a short run.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PORT   ?= 8787
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
@@ -16,13 +15,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# PUBLIC_URL follows PORT unless it is set; `serve` prints "Serving on ..." once the port is
-# bound, and --reload restarts it when a .py file or a template changes.
+# PORT comes from `make run PORT=...`, the environment (make passes both on) or .env, as the
+# settings read it (default 8787); PUBLIC_URL follows it unless set. `serve` prints "Serving on
+# ..." once the port is bound, and --reload restarts it when a .py file or a template changes.
 run: $(STAMP)
-	@PORT=$(PORT) $(BIN)/python manage.py migrate --noinput --verbosity 0
+	@$(BIN)/python manage.py migrate --noinput --verbosity 0
 	@echo "Database migrations: up to date."
-	@PORT=$(PORT) $(BIN)/python manage.py ensure_local_user
-	@PORT=$(PORT) $(BIN)/python manage.py serve -b 127.0.0.1 -p $(PORT) --reload
+	@$(BIN)/python manage.py ensure_local_user
+	@$(BIN)/python manage.py serve -b 127.0.0.1 --reload
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

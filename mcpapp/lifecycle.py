@@ -9,7 +9,8 @@
   new sessions and says so on /healthz, in-flight calls get MCP_DRAIN_SECONDS to finish,
   streams end properly, the audit buffer is written, and only then does daphne cancel what is
   left and exit. SIGINT (Ctrl-C in `make run`) does the same with no grace; a second Ctrl-C
-  exits at once;
+  (over a second later: within it, it is the first one again, as `make run`'s reloader
+  forwards it) exits at once;
 - the process really exits: threads the SDK started for sync functions (AnyIO's worker
   threads, which under daphne are never told to stop) are released.
 """
@@ -22,6 +23,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from daphne.server import Server
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("mcpapp.access")
 
 LISTEN_BACKLOG = 2048
+# A SIGINT this soon after the first is the same Ctrl-C arriving twice (see _interrupt).
+REPEAT_SIGINT_SECONDS = 1.0
 
 
 class DrainingServer(Server):
@@ -42,7 +46,7 @@ class DrainingServer(Server):
         ]
         super().__init__(*args, endpoints=endpoints, **kwargs)
         self._grace = float(settings.MCP_DRAIN_SECONDS)
-        self._interrupted = False
+        self._interrupted_at: float | None = None
         self._stopping = False
         self._starting: asyncio.Future[None] | None = None
 
@@ -75,9 +79,15 @@ class DrainingServer(Server):
         gc.freeze()
 
     def _interrupt(self) -> None:
-        if self._interrupted:
+        now = time.monotonic()
+        if self._interrupted_at is not None:
+            if now - self._interrupted_at < REPEAT_SIGINT_SECONDS:
+                # The same Ctrl-C twice: the terminal sent it to the whole process group, and
+                # `make run`'s reloader, stopping, sends us one of its own right after.
+                return
+            logger.warning("SIGINT again: exiting at once")
             os._exit(130)  # a second Ctrl-C: the user means it
-        self._interrupted = True
+        self._interrupted_at = now
         self._stop(0.0, "SIGINT")
 
     def _stop(self, grace: float, why: str) -> None:

@@ -1,9 +1,10 @@
 """Request ids, structured logs and request metrics for the Django views.
 
-Every request gets an id: the `X-Request-ID` the proxy sent (compose's nginx sets one), or a
-new one. It is on every log record of the request (`request_id`, printed by LOG_FORMAT=json),
-in the `X-Request-ID` response header, and it travels with a request forwarded to another
-worker, so one grep follows a call from the worker that took it to the one that served it.
+Every request gets an id: the `X-Request-ID` the proxy sent (compose's nginx sets one:
+deploy/nginx/default.conf.template), or a new one. It is on every log record of the request
+(`request_id`, printed by LOG_FORMAT=json), in the `X-Request-ID` response header, and it
+travels with a request forwarded to another worker, so one grep follows a call from the worker
+that took it to the one that served it.
 """
 
 from __future__ import annotations

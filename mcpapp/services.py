@@ -28,6 +28,13 @@ AUDIT_COLUMNS = (
 )
 
 
+def storable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters as any database stores it: PostgreSQL text holds no NUL
+    character (U+FFFD takes its place) and only valid UTF-8 (a lone surrogate becomes "?").
+    Tool names and error texts come from callers, so a record must never be refused for them."""
+    return text[:limit].replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def tool_calls_record(*, calls: Sequence[ToolCallRecord]) -> None:
     """Store a batch of tool-call audit records (with the time each call was made).
 
@@ -46,11 +53,11 @@ def tool_calls_record(*, calls: Sequence[ToolCallRecord]) -> None:
         (
             call.user_id,
             call.application_id,
-            call.tool[:128],
+            storable(call.tool, 128),
             call.arguments_bytes,
             call.outcome,
             call.duration_ms,
-            call.error[:500],
+            storable(call.error, 500),
             created.get_db_prep_value(call.created, connection),
         )
         for call in calls

@@ -8,6 +8,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.crypto import constant_time_compare
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from oauthapp.throttle import client_address
+
 from .health import health_checks
 from .worker import get_worker
 
@@ -34,7 +36,9 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def metrics_allowed(request: HttpRequest) -> bool:
-    """Operators (staff), an allowlisted address, or the metrics bearer token."""
+    """Operators (staff), an allowlisted address, or the metrics bearer token. Behind the proxy
+    the address is the caller the proxy names (with nginx on the same host, REMOTE_ADDR is
+    always 127.0.0.1)."""
     token = settings.METRICS_TOKEN
     given = request.headers.get("Authorization", "")
     if token and given.startswith("Bearer ") and constant_time_compare(given[7:].strip(), token):
@@ -42,11 +46,10 @@ def metrics_allowed(request: HttpRequest) -> bool:
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated and user.is_staff:
         return True
-    address = request.META.get("REMOTE_ADDR") or ""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+    address = client_address(request)
+    if address is None:
         return False
+    ip = ipaddress.ip_address(address)
     return any(ip in network for network in settings.METRICS_ALLOWED_NETWORKS)
 
 

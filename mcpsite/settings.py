@@ -14,10 +14,12 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.connection import parse_url as parse_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"
@@ -87,6 +89,35 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
 
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def env_log_level(name: str, default: str) -> str:
+    value = env_str(name, default).upper()
+    if value not in LOG_LEVELS:
+        levels = f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}"
+        raise ImproperlyConfigured(f"{name}={os.environ.get(name)!r} is not a log level (use {levels})")
+    return value
+
+
+def env_database(name: str, default: str, **options: Any) -> dict[str, Any]:
+    """A DATABASES entry from a database URL. The URL is never echoed: it holds a password."""
+    url = env_str(name, default)
+    example = "use postgres://user:password@host:5432/name, or sqlite:////path/to/db.sqlite3"
+    try:
+        return dict(dj_database_url.parse(url, **options))
+    except dj_database_url.UnknownSchemeError:
+        scheme = urlsplit(url).scheme or url.partition(":")[0]
+        raise ImproperlyConfigured(
+            f"{name} (from {where_set(name)}) has an unknown scheme {scheme!r}: {example}."
+        ) from None
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} (from {where_set(name)}) is not a valid URL (a port that is not a number? "
+            f"characters such as @ or / in the password must be %-encoded): {example}."
+        ) from None
 
 
 # --- Core -----------------------------------------------------------------------------------
@@ -227,7 +258,8 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
 DATABASES = {
-    "default": dj_database_url.parse(
+    "default": env_database(
+        "DATABASE_URL",
         DATABASE_URL,
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
         conn_health_checks=True,
@@ -244,6 +276,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
+    try:
+        parse_redis_url(REDIS_URL)
+    except ValueError as exc:  # redis-py's own reason, which never repeats the URL (or its password)
+        raise ImproperlyConfigured(
+            f"REDIS_URL (from {where_set('REDIS_URL')}) is not a Redis URL: {exc} "
+            "(for example redis://host:6379/0)."
+        ) from None
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -484,8 +523,9 @@ MCP_ALLOWED_ORIGINS = env_list("MCP_ALLOWED_ORIGINS")
 # The official conformance suite's tools, resources and prompts; for testing only.
 MCP_CONFORMANCE_FIXTURES = env_bool("MCP_CONFORMANCE_FIXTURES", False)
 
-# /metrics (Prometheus): staff users, these addresses (CIDRs), or `Authorization: Bearer
-# <METRICS_TOKEN>`. The default lets only this machine in.
+# /metrics (Prometheus): staff users, these addresses (CIDRs; with BEHIND_PROXY the client
+# address the proxy forwards), or `Authorization: Bearer <METRICS_TOKEN>`. The default lets
+# only this machine in.
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1/32,::1/128")
 try:
@@ -623,13 +663,13 @@ LOGGING = {
             "filters": ["request_id", "outage"],
         }
     },
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.request": {"level": "ERROR"},
-        "oauth2_provider": {"level": env_str("OAUTH_LOG_LEVEL", "WARNING")},
+        "oauth2_provider": {"level": env_log_level("OAUTH_LOG_LEVEL", "WARNING")},
         # The SDK logs every session it opens and closes at INFO.
-        "mcp": {"level": env_str("MCP_SDK_LOG_LEVEL", "WARNING")},
+        "mcp": {"level": env_log_level("MCP_SDK_LOG_LEVEL", "WARNING")},
         # axes logs every failed login at WARNING; the OAuth event log records them instead.
-        "axes": {"level": env_str("AXES_LOG_LEVEL", "ERROR")},
+        "axes": {"level": env_log_level("AXES_LOG_LEVEL", "ERROR")},
     },
 }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import httpx
 import pytest
 
 from tests.support.live import ALICE, LiveServer
@@ -119,3 +122,10 @@ def test_the_consent_page_lists_the_tools_the_client_could_call(
     # A permission-gated tool alice does not hold is not offered.
     assert "Server statistics" not in tools
     assert '/static/mcpapp/icon.svg"' in page.text
+    # A tool with an icon shows it beside its title; one without shows none.
+    items = {re.sub(r"<[^>]+>", "", item).split("(")[0].strip(): item for item in tools.split("<li>")[1:]}
+    icon = f"{server.url}/static/mcpapp/tool-github.svg"
+    assert f'<img src="{icon}" alt="" width="16" height="16">' in items["Your GitHub profile"]
+    assert "<img" not in items["Add two numbers"]
+    served = httpx.get(icon, timeout=10)
+    assert served.status_code == 200 and served.headers["content-type"].startswith("image/svg")

@@ -4,6 +4,7 @@ server of its own so the audit holds exactly the calls made here."""
 
 from __future__ import annotations
 
+import html
 import re
 import time
 from collections.abc import Iterator
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.forms import form_fields
 from tests.support.live import OPERATOR, LiveServer, create_user, prepare_server
 from tests.support.mcp_http import MCPHttp
-from tests.support.oauth import Browser, obtain_token
+from tests.support.oauth import Browser, OAuthClient, obtain_token
 
 TOOL_CALLS = "/admin/mcpapp/toolcall/"
 
@@ -110,3 +112,41 @@ def test_the_token_lists_have_no_empty_token_column(audited: tuple[LiveServer, B
         assert "field-masked_token" not in page.text and "column-masked_token" not in page.text
         assert cells(page.text, "user") == ["operator"]
         assert cells(page.text, "application") == ["Test MCP client"]
+
+
+def save_client(browser: Browser, pk: int, *, skip_consent: bool) -> str:
+    """Save a client's change form as an operator does; the page it lands on (with its messages)."""
+    url = f"/admin/oauthapp/application/{pk}/change/"
+    page = browser.http.get(url)
+    assert page.status_code == 200
+    fields = [(name, value) for name, value in form_fields(page.text, "application_form")]
+    fields = [(name, value) for name, value in fields if name != "skip_authorization"]
+    if skip_consent:
+        fields.append(("skip_authorization", "on"))
+    saved = browser.http.post(url, data=dict(fields))
+    assert saved.status_code == 302, saved.text
+    return browser.http.get(saved.headers["location"]).text
+
+
+def warnings_on(page: str) -> list[str]:
+    return [html.unescape(m) for m in re.findall(r'<li class="warning">(.*?)</li>', page, re.S)]
+
+
+def test_saving_a_client_that_skips_consent_warns_every_time(
+    audited: tuple[LiveServer, Browser, MCPHttp],
+) -> None:
+    server, browser, _mcp = audited
+    client = OAuthClient.register(server.url, client_name="Our own dashboard")
+    ((pk,),) = server.sql("SELECT id FROM oauthapp_application WHERE client_id = ?", (client.client_id,))
+    warning = (
+        "Our own dashboard skips the consent page. Users are never asked: anyone who logs in "
+        "through this client hands it their account at once. Only for a client you run yourself; "
+        "never for a dynamically registered one."
+    )
+
+    assert warnings_on(save_client(browser, pk, skip_consent=True)) == [warning]
+    assert server.sql("SELECT skip_authorization FROM oauthapp_application WHERE id = ?", (pk,)) == [(1,)]
+    # Not only when it is switched on: every save while it stays on says so again.
+    assert warnings_on(save_client(browser, pk, skip_consent=True)) == [warning]
+    assert warnings_on(save_client(browser, pk, skip_consent=False)) == []
+    assert server.sql("SELECT skip_authorization FROM oauthapp_application WHERE id = ?", (pk,)) == [(0,)]

@@ -46,6 +46,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.e2e]
 
 USER = ("dora", "dora-password-321")
 PROTOCOL_VERSION = "2025-06-18"
+METRICS_TOKEN = "deploy-metrics-token-0123456789"
 
 
 @dataclass
@@ -92,6 +93,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "SECRET_KEY": "deploy-test-secret-key-long-enough-for-production-0123456789",
         "POSTGRES_PASSWORD": "unused-here",
         "PUBLIC_URL": public_url,
+        "METRICS_TOKEN": METRICS_TOKEN,
+        # What a log pipeline reads: one JSON object per line, access lines included.
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
     }
     with fresh_postgres_database() as database_url, fresh_redis_database() as redis_url:
         # Only what cannot be the same here: the stores' addresses (compose names them db
@@ -101,7 +106,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "REDIS_URL": redis_url,
             "STATIC_ROOT": str(tmp / "static"),
             "DOTENV_PATH": "/nonexistent/.env",
-            "LOG_LEVEL": "WARNING",
         }
         web_env = app_environment("web", dotenv, **overrides)
         run_compose_command([sys.executable, "manage.py", "collectstatic", "--noinput"], web_env)
@@ -211,6 +215,45 @@ def test_the_front_listener_keeps_the_tls_terminators_headers(stack: Stack) -> N
     response = httpx.post(f"{stack.front_url}/register", json=client_body(), headers=headers, timeout=10)
     assert response.status_code == 201, response.text
     assert registered_from(stack, response.json()["client_id"]) == "198.51.100.7"
+
+
+def worker_records(stack: Stack) -> list[dict[str, Any]]:
+    """Every JSON log record the web workers wrote."""
+    lines = [line for w in stack.workers for line in w.log_path.read_text().splitlines()]
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_the_proxy_gives_each_request_an_id_that_reaches_the_worker_log_and_the_answer(
+    stack: Stack,
+) -> None:
+    # The public listener: nginx's own id, whatever the client sent.
+    response = httpx.get(f"{stack.url}/healthz", headers={"X-Request-ID": "chosen-by-a-client"}, timeout=10)
+    request_id = response.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id  # nginx's $request_id
+    # The front listener: the id the TLS terminator sent is kept.
+    front = httpx.get(
+        f"{stack.front_url}/.well-known/oauth-authorization-server",
+        headers={"X-Request-ID": "edge-7f3a"},
+        timeout=10,
+    )
+    assert front.headers["x-request-id"] == "edge-7f3a"
+    for wanted, path in ((request_id, "/healthz"), ("edge-7f3a", "/.well-known/oauth-authorization-server")):
+        access = [r for r in worker_records(stack) if r.get("request_id") == wanted]
+        assert [(r["logger"], r["path"]) for r in access] == [("mcpapp.access", path)], access
+
+
+def test_metrics_refuse_an_outside_caller_and_accept_the_token(stack: Stack) -> None:
+    # Through the front listener the TLS terminator names the caller: someone on the internet.
+    outside = {"X-Forwarded-For": "203.0.113.9"}
+    assert httpx.get(f"{stack.front_url}/metrics", headers=outside, timeout=10).status_code == 403
+    with_token = {**outside, "Authorization": f"Bearer {METRICS_TOKEN}"}
+    scraped = httpx.get(f"{stack.front_url}/metrics", headers=with_token, timeout=10)
+    assert scraped.status_code == 200
+    assert "mcp_http_requests_total" in scraped.text
+    # The public listener ignores a forged header and names the caller nginx saw: this test's
+    # own loopback address, which the default allowlist admits.
+    local = httpx.get(f"{stack.url}/metrics", headers=outside, timeout=10)
+    assert local.status_code == 200
 
 
 def registered_from(stack: Stack, client_id: str) -> str:

@@ -577,6 +577,10 @@ def test_tools_say_what_they_are_and_the_server_shows_its_icon(server: LiveServe
         "openWorldHint": False,
     }
     assert tools["github_user"]["annotations"]["openWorldHint"] is True
+    assert tools["github_user"]["icons"] == [
+        {"src": f"{server.url}/static/mcpapp/tool-github.svg", "mimeType": "image/svg+xml"}
+    ]
+    assert "icons" not in tools["add"]
     # A docstring's hard line breaks are not the description's: paragraphs are.
     assert "\n" not in tools["whoami"]["description"]
     assert tools["github_user"]["description"].count("\n\n") == 1

@@ -10,7 +10,13 @@ from mcpapp.tools.context import ToolError, current_caller, describe
 from oauthapp import services
 
 
-@describe(title="Your GitHub profile", read_only=True, idempotent=True, open_world=True)
+@describe(
+    title="Your GitHub profile",
+    read_only=True,
+    idempotent=True,
+    open_world=True,
+    icon="mcpapp/tool-github.svg",
+)
 def github_user() -> dict[str, Any]:
     """Return your GitHub profile (login, name, email, ...) as GitHub's API reports it.
 

@@ -4,6 +4,8 @@ README says, reusing this run's virtualenv (through the Makefile's VENV) so noth
 The copy holds the files git would hand a new clone (tracked and untracked-but-not-ignored,
 so uncommitted work is tested too), never .venv, node_modules, db.sqlite3, .env or
 .local-login. Every `make` runs in a process group of its own and is stopped as a group.
+Its output (the server's log among it) is held to the log check (tests/support/logcheck.py)
+like any live server's.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from tests.support import logcheck
 from tests.support.live import ROOT
 
 VENV = Path(sys.prefix)
@@ -46,6 +52,17 @@ def newcomer_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 @dataclass
+class OnLine:
+    """What `action` returned when stdout first printed a line holding `text` (run by the
+    thread reading the output, before the next line is read)."""
+
+    text: str
+    action: Callable[[], Any]
+    result: Any = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class Make:
     """One `make <target> VAR=value ...` in a checkout, its output in files beside it."""
 
@@ -54,6 +71,14 @@ class Make:
     env: dict[str, str]
     name: str = "make"
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _on_lines: list[OnLine] = field(default_factory=list, init=False)
+    _reader: threading.Thread | None = field(default=None, init=False)
+
+    def on_line(self, text: str, action: Callable[[], Any]) -> OnLine:
+        """Run `action` the instant stdout prints a line holding `text` (call before start)."""
+        hook = OnLine(text, action)
+        self._on_lines.append(hook)
+        return hook
 
     @property
     def out_path(self) -> Path:
@@ -66,17 +91,34 @@ class Make:
     def start(self) -> Make:
         # -o: never remake the shared virtualenv's install stamp from this copy's pyproject.toml.
         command = ["make", "--no-print-directory", *self.args, f"VENV={VENV}", "-o", str(VENV / ".installed")]
-        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+        self.out_path.write_bytes(b"")
+        with self.err_path.open("wb") as err:
             self.process = subprocess.Popen(
                 command,
                 cwd=self.checkout,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
+                stdout=subprocess.PIPE,
                 stderr=err,
                 start_new_session=True,
             )
+        self._reader = threading.Thread(target=self._read_stdout, args=(self.process,), daemon=True)
+        self._reader.start()
+        for path in (self.out_path, self.err_path):
+            logcheck.watch(f"{self.name} ({path.suffix[1:]})", path)
         return self
+
+    def _read_stdout(self, process: subprocess.Popen[bytes]) -> None:
+        """Copy stdout to its file line by line, running each `on_line` action on its line."""
+        assert process.stdout is not None
+        with process.stdout, self.out_path.open("ab") as out:
+            for line in process.stdout:
+                for hook in self._on_lines:
+                    if not hook.done.is_set() and hook.text.encode() in line:
+                        hook.result = hook.action()
+                        hook.done.set()
+                out.write(line)
+                out.flush()
 
     def out(self) -> str:
         return self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
@@ -100,12 +142,14 @@ class Make:
     def wait(self, timeout: float = 90) -> int:
         assert self.process is not None
         try:
-            return self.process.wait(timeout=timeout)
+            code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop()
             raise AssertionError(
                 f"make did not finish within {timeout}s:\n{self.out()}\n{self.err()}"
             ) from None
+        self._check_logs()
+        return code
 
     def stop(self) -> None:
         """SIGTERM to the group we started (make, the reloader, the server), then SIGKILL leftovers."""
@@ -127,6 +171,13 @@ class Make:
                 continue
             break
         self.process.poll()
+        self._check_logs()
+
+    def _check_logs(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=10)  # the output is complete once every writer is gone
+        for path in (self.out_path, self.err_path):
+            logcheck.stopped(path)
 
 
 def group_alive(group: int) -> bool:

@@ -11,18 +11,21 @@ that never matches is a test that cannot fail.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-# A log record at ERROR or CRITICAL in the settings' format ("<date> <time> ERROR name: ..."),
-# a Python traceback, or daphne's fallback for an exception that reached it.
+# A log record at ERROR or CRITICAL in the settings' plain format ("<date> <time> ERROR name: ..."),
+# a Python traceback (printed, or inside a JSON record's exc_info), or daphne's fallback for an
+# exception that reached it. LOG_FORMAT=json records are read as JSON: see is_problem().
 PROBLEM = re.compile(
     r"^\S+ \S+ (ERROR|CRITICAL) |Traceback \(most recent call last\)|Exception inside application",
     re.MULTILINE,
 )
+PROBLEM_LEVELS = {"ERROR", "CRITICAL"}
 
 
 @dataclass
@@ -66,13 +69,14 @@ def expect_log(pattern: str) -> None:
     _expected.append(re.compile(pattern))
 
 
-RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d")
+# A plain record starts with its timestamp; a JSON record (LOG_FORMAT=json) is one line.
+RECORD_START = re.compile(r"^(\d{4}-\d\d-\d\d \d|\{)")
 
 
 def records(text: str) -> list[str]:
     """`text` cut into log records: a timestamped line and the lines that follow it (its
-    traceback, say) up to the next timestamped line. Output before the first record (a crash
-    before logging was set up) is a record of its own."""
+    traceback, say) up to the next timestamped line, or one JSON line. Output before the first
+    record (a crash before logging was set up) is a record of its own."""
     out: list[list[str]] = [[]]
     for line in text.splitlines():
         if RECORD_START.match(line) and out[-1]:
@@ -81,11 +85,26 @@ def records(text: str) -> list[str]:
     return ["\n".join(lines) for lines in out if lines]
 
 
+def json_level(record: str) -> str | None:
+    """The level of a LOG_FORMAT=json record (None for anything else)."""
+    if not record.startswith("{"):
+        return None
+    try:
+        fields = json.loads(record.splitlines()[0])
+    except ValueError:
+        return None
+    return str(fields.get("level")) if isinstance(fields, dict) else None
+
+
+def is_problem(record: str) -> bool:
+    return bool(PROBLEM.search(record)) or json_level(record) in PROBLEM_LEVELS
+
+
 def problems(text: str, allowed: list[re.Pattern[str]]) -> list[str]:
     """The records in `text` that show a problem no allowed or expected pattern matches."""
     found: list[str] = []
     for record in records(text):
-        if not PROBLEM.search(record):
+        if not is_problem(record):
             continue
         hit = next((p for p in [*allowed, *_expected] if p.search(record)), None)
         if hit is None:
