@@ -25,7 +25,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from oauth2_provider import views as dot_views
-from oauth2_provider.exceptions import OAuthToolkitError
+from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
 from oauth2_provider.http import OAuth2ResponseRedirect
 from oauth2_provider.oauth2_backends import _add_iss_to_redirect
 from oauth2_provider.views.introspect import IntrospectTokenView
@@ -291,6 +291,19 @@ class AuthorizeView(dot_views.AuthorizationView):
         return super().get(request, *args, **kwargs)
 
     def form_valid(self, form: Any) -> HttpResponse:
+        # The consent form's client_id and redirect_uri are hidden fields a user can edit. An
+        # approval is validated again by oauthlib, but a denial is not: without this check a
+        # Deny would send the browser to whatever redirect_uri was posted.
+        client_id = form.cleaned_data.get("client_id") or ""
+        application = Application.objects.filter(client_id=client_id).first()
+        if application is None:
+            return self.error_response(
+                FatalClientError(error=oauth_errors.InvalidClientIdError()), application=None
+            )
+        if not application.redirect_uri_allowed(form.cleaned_data.get("redirect_uri") or ""):
+            return self.error_response(
+                FatalClientError(error=oauth_errors.MismatchingRedirectURIError()), application
+            )
         resources = (form.cleaned_data.get("resource") or "").split()
         unknown = [r for r in resources if not selectors.resource_is_known(r)]
         if unknown:

@@ -201,15 +201,6 @@ def headers(draw: st.DrawFn, token: str) -> dict[str, str]:
     return chosen
 
 
-# KNOWN BUG, left to the owner of oauthapp/ (see test_denying_consent_with_a_tampered_redirect_uri
-# below, which fails until it is fixed): denying consent with a POSTed redirect_uri that is not
-# the client's sends the browser there, and one without a scheme logs DisallowedRedirect at
-# ERROR with a traceback (the answer is a 400). Remove this once that test passes.
-KNOWN_CONSENT_REDIRECT_BUG = (
-    r"ERROR django\.security\.DisallowedRedirect: OAuth2 redirects require a URI scheme"
-)
-
-
 @dataclass
 class Fuzzed:
     """The server under fuzz and what a real client of it holds: a token bound to the server's
@@ -243,7 +234,6 @@ def _fuzzed_server(tmp: Path, database_url: str | None) -> Iterator[Fuzzed]:
         tmp, database_url=database_url, LOGIN_FAILURE_LIMIT="1000", LOGIN_ADDRESS_FAILURE_LIMIT="1000"
     )
     assert server.env["DEBUG"] == "false"
-    server.allowed_log = (KNOWN_CONSENT_REDIRECT_BUG,)
     create_users(server.env, (*ALICE, {}))
     server.start()
     browser = Browser(server.url)
@@ -637,17 +627,28 @@ def test_a_call_whose_name_holds_a_nul_character_is_audited(fuzzed: Fuzzed) -> N
     assert rows[0] == ("add", "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG for oauthapp/ (reported): a denied consent redirects to whatever redirect_uri "
-    "the form posts, unchecked; one without a scheme logs DisallowedRedirect at ERROR",
-)
 def test_denying_consent_with_a_tampered_redirect_uri_sends_nobody_elsewhere(fuzzed: Fuzzed) -> None:
-    """Found by the consent fuzz test. The form's redirect_uri is a hidden field: a denial must
-    go back only to a redirect URI the client registered, like an approval."""
+    """Found by the consent fuzz test. The form's client_id and redirect_uri are hidden fields:
+    an answer, Deny or Approve, goes back only to a redirect URI the client registered, and an
+    unknown client gets the error page."""
     answers = {}
-    for tampered in ("not-a-uri", "https://elsewhere.example/cb"):
-        data = {**fuzzed.consent_form, "redirect_uri": tampered}  # no "allow": the user denies
+    tampered_forms = {
+        "deny, not a URI": {"redirect_uri": "not-a-uri"},
+        "deny, elsewhere": {"redirect_uri": "https://elsewhere.example/cb"},
+        "approve, elsewhere": {"redirect_uri": "https://elsewhere.example/cb", "allow": "Approve"},
+        "deny, unknown client": {"client_id": "no-such-client"},
+    }
+    for name, change in tampered_forms.items():
+        data = {**fuzzed.consent_form, **change}  # without "allow" the user denies
         response = fuzzed.browser.http.post(f"/authorize?{urlencode(fuzzed.consent_query)}", data=data)
-        answers[tampered] = (response.status_code, response.headers.get("location", ""))
-    assert all(status == 400 and not location for status, location in answers.values()), answers
+        answers[name] = (response.status_code, response.headers.get("location", ""), response.text)
+    for name, (status, location, page) in answers.items():
+        assert status == 400 and not location, (name, status, location)
+        assert "Invalid client_id" in page or "Mismatching redirect URI" in page, (name, page[:500])
+    # The untouched form still denies as before: back to the client with access_denied.
+    response = fuzzed.browser.http.post(
+        f"/authorize?{urlencode(fuzzed.consent_query)}", data=dict(fuzzed.consent_form)
+    )
+    assert response.status_code == 302, response.text[:300]
+    location = response.headers["location"]
+    assert location.startswith(fuzzed.consent_form["redirect_uri"]) and "error=access_denied" in location
