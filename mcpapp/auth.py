@@ -328,7 +328,9 @@ def www_authenticate(failure: AuthFailure, path: str) -> str:
     parts: list[str] = []
     if failure.error:
         parts.append(f'error="{failure.error}"')
-        parts.append(f'error_description="{failure.description}"')
+        # A quoted-string of printable ASCII (RFC 6750 section 3): no quote or backslash in it.
+        description = "".join(c for c in failure.description if " " <= c <= "~" and c not in '"\\')
+        parts.append(f'error_description="{description}"')
     parts.append(f'resource_metadata="{resource_metadata_url(path)}"')
     scopes = failure.missing_scopes or required_scopes()
     parts.append(f'scope="{" ".join(scopes)}"')
@@ -370,7 +372,14 @@ async def authenticate(scope: Scope) -> Caller | AuthFailure:
     if caller is None:
         return AuthFailure(401, "invalid_token", "The access token is invalid, expired or revoked")
     if not resource_allowed(caller, scope["path"]):
-        return AuthFailure(401, "invalid_token", "The access token is not valid for this resource")
+        # Say which resource the token is for: a token minted for another port or path of a
+        # development server is the usual cause, and the holder already knows the token.
+        bound = " ".join(caller.resources)[:300]
+        return AuthFailure(
+            401,
+            "invalid_token",
+            f"The access token is for {bound}, not {resource_for_path(scope['path'])}",
+        )
     missing = tuple(s for s in required_scopes() if s not in caller.scopes)
     if missing:
         return AuthFailure(

@@ -164,6 +164,11 @@ def test_it_rejects_a_token_bound_to_the_other_endpoint(server: LiveServer, alic
     response = httpx.get(f"{server.url}/sse", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    # It says why: the token is for the other endpoint.
+    assert (
+        f'error_description="The access token is for {server.url}/mcp, not {server.url}/sse"'
+        in response.headers["www-authenticate"]
+    )
 
 
 def test_it_rejects_an_expired_token(server: LiveServer, alice_token: str) -> None:

@@ -282,6 +282,34 @@ def test_the_command_refuses_bad_input(server: LiveServer, args: list[str], mess
     assert server.sql("SELECT COUNT(*) FROM oauthapp_personalaccesstoken")[0][0] == before
 
 
+def test_a_token_made_for_another_port_says_where_it_works_and_is_refused_with_both_named(
+    server: LiveServer,
+) -> None:
+    """`make run PORT=8799` with the command run without PORT: the token is bound to :8787. The
+    command says so when it prints the token, and the 401 names both origins."""
+    env = {key: value for key, value in server.env.items() if key != "PUBLIC_URL"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "create_personal_token", "alice", "--name", "wrong port"],
+        cwd=ROOT,
+        env={**env, "PORT": "8701"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    token = result.stdout.strip()
+    assert token.startswith("mcp_pat_")
+    assert "It works on http://localhost:8701/mcp and http://localhost:8701/sse only" in result.stderr
+    assert "run this command with PORT=<port>" in result.stderr
+    response = mcp_status(server, token)
+    assert response.status_code == 401
+    challenge = response.headers["www-authenticate"]
+    assert f'"The access token is for http://localhost:8701, not {server.url}/mcp"' in challenge, challenge
+    assert response.json()["error_description"] == (
+        f"The access token is for http://localhost:8701, not {server.url}/mcp"
+    )
+
+
 # --- Operators ---------------------------------------------------------------------------------
 
 

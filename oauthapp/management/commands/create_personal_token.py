@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -52,3 +54,9 @@ class Command(BaseCommand):
         )
         self.stderr.write(f"Personal access token {issued.record.name!r} for {user} ({expiry}):")
         self.stdout.write(issued.token)
+        # The token is bound to PUBLIC_URL as this command sees it; a server started with another
+        # PORT (make run PORT=N) has another origin and would refuse it.
+        where = f"It works on {settings.PUBLIC_URL}/mcp and {settings.PUBLIC_URL}/sse only"
+        if not os.environ.get("PUBLIC_URL"):
+            where += " (for a server on another port, run this command with PORT=<port>, as make run got it)"
+        self.stderr.write(where + ".")
