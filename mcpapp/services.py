@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -14,6 +15,16 @@ from .models import ToolCall
 
 if TYPE_CHECKING:
     from .audit import ToolCallRecord
+
+TOOL_LENGTH = ToolCall._meta.get_field("tool").max_length or 128
+ERROR_LENGTH = ToolCall._meta.get_field("error").max_length or 500
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_text(value: str, limit: int) -> str:
+    """`value` as text every database stores, cut to `limit` characters: NUL and lone
+    surrogates (PostgreSQL refuses both; a client chooses a tool's name) become U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", value[:limit])
 
 
 AUDIT_COLUMNS = (
@@ -46,11 +57,11 @@ def tool_calls_record(*, calls: Sequence[ToolCallRecord]) -> None:
         (
             call.user_id,
             call.application_id,
-            call.tool[:128],
+            clean_text(call.tool, TOOL_LENGTH),
             call.arguments_bytes,
             call.outcome,
             call.duration_ms,
-            call.error[:500],
+            clean_text(call.error, ERROR_LENGTH),
             created.get_db_prep_value(call.created, connection),
         )
         for call in calls
