@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests.support import logcheck
 from tests.support.live import LiveServer, create_users, prepare_server
 from tests.support.mcp_http import MCPHttp, sse_messages
 from tests.support.oauth import Browser, obtain_token
+from tests.support.private_services import PrivatePostgres
 from tests.support.services import fresh_postgres_database
 
 KEEPER = ("kira", "kira-password-123")
@@ -198,3 +200,64 @@ def test_a_batch_whose_last_used_write_fails_is_retried_whole_without_duplicate_
 
 def spooled(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for path in sorted(directory.glob("audit-*")) for line in path.open()]
+
+
+def test_past_the_buffer_records_are_dropped_logged_and_counted_and_the_rest_written(tmp_path: Path) -> None:
+    with PrivatePostgres() as postgres:
+        server, (token,) = started(tmp_path, postgres.create_database("mcp"), KEEPER, MCP_AUDIT_BUFFER="100")
+        try:
+            client = session(server, token)  # the token is checked now, and then answered from memory
+            postgres.stop()
+            logcheck.expect_log(r"ERROR mcpapp\.audit: audit buffer full \(100 records")
+            for n in range(120):
+                assert client.call("add", {"a": n, "b": 1})["result"]["content"][0]["text"] == str(n + 1)
+            assert metric(server, "mcp_audit_buffered") == 100
+            assert metric(server, "mcp_audit_dropped_total") == 20
+
+            postgres.start()
+            assert eventually(lambda: metric(server, "mcp_audit_buffered") == 0, 20)
+            # The first 100 calls, each once; the 20 past the buffer are gone (and said so).
+            rows = server.sql("SELECT arguments_bytes FROM mcpapp_toolcall WHERE tool = 'add'")
+            assert len(rows) == 100
+            assert metric(server, "mcp_audit_written_total") == 100
+            client.close()
+        finally:
+            server.stop()
+
+
+def test_stopped_while_postgres_is_down_a_worker_spools_the_audit_and_the_next_writes_it(
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "spool"
+    with PrivatePostgres() as postgres:
+        database_url = postgres.create_database("mcp")
+        first, (token,) = started(
+            tmp_path, database_url, KEEPER, MCP_AUDIT_SPOOL_DIR=str(spool), MCP_DRAIN_SECONDS="2"
+        )
+        try:
+            client = session(first, token)
+            postgres.stop()
+            for n in range(5):
+                assert client.call("add", {"a": n, "b": 10})["result"]["content"][0]["text"] == str(n + 10)
+            client.close()
+            assert first.process is not None
+            first.process.send_signal(signal.SIGTERM)
+            assert first.process.wait(timeout=30) == 0
+        finally:
+            first.stop()
+        records = spooled(spool)
+        assert [(r["tool"], r["outcome"]) for r in records] == [("add", "ok")] * 5
+
+        # The next worker to start, with the database back, writes them: once, all of them.
+        postgres.start()
+        second = prepare_server(tmp_path, database_url=database_url)
+        second.env["MCP_AUDIT_SPOOL_DIR"] = str(spool)
+        second.start()
+        try:
+            assert eventually(lambda: len(audit_rows(second, "t.tool = 'add'")) >= 5)
+            assert audit_rows(second, "t.tool = 'add'") == [("add", "ok", "", KEEPER[0])] * 5
+            assert list(spool.iterdir()) == []
+            assert metric(second, "mcp_audit_buffered") == 0
+        finally:
+            second.stop()
+        assert len(second.sql("SELECT id FROM mcpapp_toolcall")) == 5
