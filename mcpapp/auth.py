@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 NEGATIVE_TTL_SECONDS = 5.0
 MAX_ENTRIES = 50_000
+# A request waits this long for its token check at most, then gets a retryable 503.
+TOKEN_CHECK_TIMEOUT_SECONDS = 10.0
 
 # Token checks that miss the cache run here: a few threads that keep their database
 # connection, apart from the thread Django's sync views share.
@@ -144,7 +146,11 @@ class TokenCache:
             load = asyncio.get_running_loop().create_task(self._load(checksum))
             load.add_done_callback(_retrieved)
             self._loading[checksum] = load
-        return await asyncio.shield(load)
+        try:
+            return await asyncio.wait_for(asyncio.shield(load), TOKEN_CHECK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            # The database hangs (it would have failed by now if it were merely down).
+            raise BackendUnavailable("The database is not answering") from None
 
     async def _load(self, checksum: str) -> Caller | None:
         epoch = self._epoch
