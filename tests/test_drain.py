@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ import pytest
 from tests.support.live import LiveServer, create_user, prepare_server
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEClient, SSEStream, initialize_body, sse_messages
 from tests.support.oauth import Browser, obtain_token
+from tests.support.services import fresh_postgres_database
 
 USER = ("drew", "drew-password-123")
 
 
-def started(tmp: Path, **env: Any) -> tuple[LiveServer, str]:
-    server = prepare_server(tmp, MCP_CONFORMANCE_FIXTURES="true", **env)
+def started(tmp: Path, database_url: str | None = None, **env: Any) -> tuple[LiveServer, str]:
+    server = prepare_server(tmp, database_url=database_url, MCP_CONFORMANCE_FIXTURES="true", **env)
     create_user(server.env, *USER)
     server.start()
     browser = Browser(server.url)
@@ -94,11 +96,21 @@ def refused_as_new_session(transport: str, server: LiveServer, token: str) -> ht
     return httpx.get(f"{server.url}/sse", headers={**headers, "Accept": "text/event-stream"}, timeout=10)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The worker's database: its own SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
 @pytest.mark.parametrize("transport", ["streamable", "sse"])
 def test_sigterm_lets_calls_finish_refuses_new_sessions_and_writes_every_audit_row(
-    tmp_path: Path, transport: str
+    tmp_path: Path, transport: str, database_url: str | None
 ) -> None:
-    server, token = started(tmp_path)
+    server, token = started(tmp_path, database_url)
     slow_answers: list[dict[str, Any]] = []
     fast_answered = 0
     lock = threading.Lock()
