@@ -204,11 +204,11 @@ class DjangoMCPServer(MCPServer):
                 application_id=caller.application_id if caller else None,
                 # The name is the client's choice and the error may quote it: text any database
                 # stores (no NUL), of bounded length.
-                tool=services.clean_text(tool, services.TOOL_LENGTH),
+                tool=services.storable(tool, 128),
                 arguments_bytes=len(json.dumps(params.arguments or {}, default=str)),
                 outcome=outcome,
                 duration_ms=elapsed * 1000,
-                error=services.clean_text(error, services.ERROR_LENGTH),
+                error=services.storable(error, 500),
                 created=timezone.now(),
             )
         )

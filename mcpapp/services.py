@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -16,16 +15,6 @@ from .models import ToolCall
 if TYPE_CHECKING:
     from .audit import ToolCallRecord
 
-TOOL_LENGTH = ToolCall._meta.get_field("tool").max_length or 128
-ERROR_LENGTH = ToolCall._meta.get_field("error").max_length or 500
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def clean_text(value: str, limit: int) -> str:
-    """`value` as text every database stores, cut to `limit` characters: NUL and lone
-    surrogates (PostgreSQL refuses both; a client chooses a tool's name) become U+FFFD."""
-    return _UNSTORABLE.sub("\ufffd", value[:limit])
-
 
 AUDIT_COLUMNS = (
     "user_id",
@@ -37,6 +26,13 @@ AUDIT_COLUMNS = (
     "error",
     "created",
 )
+
+
+def storable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters as any database stores it: PostgreSQL text holds no NUL
+    character (U+FFFD takes its place) and only valid UTF-8 (a lone surrogate becomes "?").
+    Tool names and error texts come from callers, so a record must never be refused for them."""
+    return text[:limit].replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def tool_calls_record(*, calls: Sequence[ToolCallRecord]) -> None:
@@ -57,11 +53,11 @@ def tool_calls_record(*, calls: Sequence[ToolCallRecord]) -> None:
         (
             call.user_id,
             call.application_id,
-            clean_text(call.tool, TOOL_LENGTH),
+            storable(call.tool, 128),
             call.arguments_bytes,
             call.outcome,
             call.duration_ms,
-            clean_text(call.error, ERROR_LENGTH),
+            storable(call.error, 500),
             created.get_db_prep_value(call.created, connection),
         )
         for call in calls
