@@ -38,6 +38,8 @@ RUN DEBUG=false SECRET_KEY=collectstatic-only-build-time-placeholder-0123456789 
         PUBLIC_URL=http://localhost DOTENV_PATH=/nonexistent \
         python manage.py collectstatic --noinput \
     && chown -R app:app /app/staticfiles
+# The audit spool (compose mounts a volume here; a new volume takes this owner).
+RUN install -d -o app -g app /app/var/audit-spool
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \

@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 NEGATIVE_TTL_SECONDS = 5.0
 MAX_ENTRIES = 50_000
+# A request waits this long for its token check at most, then gets a retryable 503.
+TOKEN_CHECK_TIMEOUT_SECONDS = 10.0
 
 # Token checks that miss the cache run here: a few threads that keep their database
 # connection, apart from the thread Django's sync views share.
@@ -92,6 +94,12 @@ def _token_load(checksum: str) -> Caller | None:
     )
 
 
+def _retrieved(task: asyncio.Task[Caller | None]) -> None:
+    """Mark a check's outcome as seen: if every waiter gave up, nobody else will look at it."""
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(slots=True)
 class _Entry:
     caller: Caller | None  # None: the token is not valid (remembered briefly)
@@ -108,7 +116,7 @@ class TokenCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._loading: dict[str, asyncio.Future[Caller | None]] = {}
+        self._loading: dict[str, asyncio.Task[Caller | None]] = {}
         self._watchers: dict[str, set[anyio.CancelScope]] = {}
         # Bumped on every invalidation: a load that started before one does not store its result.
         self._epoch = 0
@@ -122,37 +130,50 @@ class TokenCache:
     # --- reads (event loop) ----------------------------------------------------------------------
 
     async def lookup(self, checksum: str) -> Caller | None:
-        entry = self._entries.get(checksum)
         now = time.monotonic()
+        self._sweep(now)
+        entry = self._entries.get(checksum)
         if entry is not None:
             if entry.until > now and (entry.caller is None or not entry.caller.expired):
                 METRICS.token_checks.labels(result="cache_hit").inc()
                 return entry.caller
             self._drop(checksum)
         METRICS.token_checks.labels(result="database").inc()
-        pending = self._loading.get(checksum)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Caller | None] = loop.create_future()
-        self._loading[checksum] = future
+        load = self._loading.get(checksum)
+        if load is None:
+            # A task of its own, which every caller waits for: one who gives up (its client
+            # went away) cancels only its own wait, never the check the others wait for.
+            load = asyncio.get_running_loop().create_task(self._load(checksum))
+            load.add_done_callback(_retrieved)
+            self._loading[checksum] = load
+        try:
+            return await asyncio.wait_for(asyncio.shield(load), TOKEN_CHECK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            # The database hangs (it would have failed by now if it were merely down).
+            raise BackendUnavailable("The database is not answering") from None
+
+    async def _load(self, checksum: str) -> Caller | None:
         epoch = self._epoch
         try:
-            caller = await loop.run_in_executor(DB_EXECUTOR, _token_load, checksum)
+            caller = await asyncio.get_running_loop().run_in_executor(DB_EXECUTOR, _token_load, checksum)
         except DatabaseError as exc:
-            future.set_exception(BackendUnavailable("The database is unavailable"))
-            future.exception()  # retrieved: waiters get it through shield
             raise BackendUnavailable("The database is unavailable") from exc
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
         finally:
             self._loading.pop(checksum, None)
-        future.set_result(caller)
         if self.trusted and epoch == self._epoch:
             self._store(checksum, caller)
         return caller
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired verdicts from the front (the oldest stored): O(1) a lookup on average.
+        Each verdict lives at most max(ttl, NEGATIVE_TTL_SECONDS), so whatever stays was stored
+        within that long: the cache holds what recent traffic needs, not what it once did."""
+        entries = self._entries
+        while entries:
+            checksum, entry = next(iter(entries.items()))
+            if entry.until > now:
+                return
+            del entries[checksum]
 
     def _store(self, checksum: str, caller: Caller | None) -> None:
         if caller is None:

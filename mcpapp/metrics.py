@@ -52,6 +52,9 @@ class Metrics:
         self.audit_buffered = Gauge("mcp_audit_buffered", "Audit records waiting to be written")
         self.audit_written = Counter("mcp_audit_written", "Audit records written to the database")
         self.audit_dropped = Counter("mcp_audit_dropped", "Audit records dropped because the buffer was full")
+        self.audit_rejected = Counter(
+            "mcp_audit_rejected", "Audit records dropped because the database refused them (see the log)"
+        )
         self.oauth_events = Counter("mcp_oauth_events", "OAuth events recorded, by kind", ["kind"])
         self.draining = Gauge("mcp_worker_draining", "1 while this worker drains before it stops")
 

@@ -35,7 +35,7 @@ from mcp_types import (
     ToolAnnotations,
 )
 
-from . import selectors
+from . import selectors, services
 from .audit import AuditWriter, ToolCallRecord
 from .identity import Caller, caller_of
 from .metrics import METRICS
@@ -202,11 +202,13 @@ class DjangoMCPServer(MCPServer):
             ToolCallRecord(
                 user_id=caller.user_id if caller else None,
                 application_id=caller.application_id if caller else None,
-                tool=tool[:128],
+                # The name is the client's choice and the error may quote it: text any database
+                # stores (no NUL), of bounded length.
+                tool=services.storable(tool, 128),
                 arguments_bytes=len(json.dumps(params.arguments or {}, default=str)),
                 outcome=outcome,
                 duration_ms=elapsed * 1000,
-                error=error,
+                error=services.storable(error, 500),
                 created=timezone.now(),
             )
         )

@@ -70,16 +70,19 @@ def unfinished_request_events(body: bytes) -> bytes:
     except (ValueError, RecursionError):
         return b""
     messages = data if isinstance(data, list) else [data]
-    events = []
-    for message in messages:
-        if isinstance(message, dict) and "method" in message and isinstance(message.get("id"), str | int):
-            error = jsonrpc_error_body(
-                SERVER_UNAVAILABLE,
-                "The server stopped before this request finished; send it again",
-                message["id"],
-            )
-            events.append(b"event: message\ndata: " + error + b"\n\n")
-    return b"".join(events)
+    return b"".join(
+        unfinished_request_event(message["id"])
+        for message in messages
+        if isinstance(message, dict) and "method" in message and isinstance(message.get("id"), str | int)
+    )
+
+
+def unfinished_request_event(request_id: str | int) -> bytes:
+    """An SSE `message` event answering request `request_id` with a retryable JSON-RPC error."""
+    error = jsonrpc_error_body(
+        SERVER_UNAVAILABLE, "The server stopped before this request finished; send it again", request_id
+    )
+    return b"event: message\ndata: " + error + b"\n\n"
 
 
 async def send_body(

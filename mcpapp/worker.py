@@ -100,6 +100,8 @@ class Worker:
             registry=self.registry,
             worker_id=self.id,
             keepalive_seconds=settings.MCP_KEEPALIVE_SECONDS,
+            on_call_start=self._call_started,
+            on_call_end=self._call_finished,
         )
         self.tunnel: Tunnel | None = None
         if self.bus is not None:
@@ -204,13 +206,18 @@ class Worker:
         Two phases: while "draining", existing sessions are still served (a client finishing
         its work) and the drain ends at the first moment nothing is in flight; then, "closing",
         every new request is refused with a retryable 503 while those already inside finish.
+        In flight means a POST still running, and a legacy SSE request (answered 202) whose
+        answer is not yet written on its stream: so legacy SSE streams end only after that,
+        while Streamable HTTP's GET streams (which carry no answers) end at once.
         """
         if self.state != "serving":
             return
         self.state = "draining"
         deadline = time.monotonic() + grace
         logger.info(
-            "draining: %d request(s) in flight, %d stream(s) open", self._inflight, len(self._streams)
+            "draining: %d request(s) in flight, %d stream(s) open",
+            self._inflight,
+            len(self._streams) + len(self.sse.sessions),
         )
         self._end_streams()
         await self._wait_idle(until=deadline)
@@ -220,6 +227,7 @@ class Worker:
             logger.warning(
                 "drain: %d request(s) still running after %.0f s; ending them", self._inflight, grace
             )
+            self.sse.end_all()  # its unanswered requests get a retryable error on the stream
             for scope in list(self.requests):
                 scope.cancel()
             await self._wait_idle(until=time.monotonic() + 1.0)
@@ -250,6 +258,7 @@ class Worker:
             return
         self.state = "stopped"
         self._end_streams()
+        self.sse.end_all()
         await self.audit.close(timeout=audit_timeout)
         self._stop.set()
         for sid in list(self.mcp_sessions):
@@ -282,14 +291,20 @@ class Worker:
     @contextlib.asynccontextmanager
     async def tracked(self, scope: Scope) -> AsyncIterator[None]:
         """Count a request as in flight while it runs (the drain waits for it)."""
-        self._inflight += 1
-        self._idle.clear()
+        self._call_started()
         try:
             yield
         finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._call_finished()
+
+    def _call_started(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def _call_finished(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
 
     def endable(self, receive: Receive) -> Receive:
         """`receive` for a long-lived stream: the drain ends it by faking the client's leave."""
@@ -318,14 +333,14 @@ class Worker:
             await send_unavailable(send, "This worker is restarting", retry_after=1)
             return
         if method == "GET":
-            receive = self.endable(receive)
             if path == "/sse":
                 if not self.accepting:
                     await send_unavailable(send, "This worker is restarting", retry_after=1)
                     return
+                # Ended by the drain (SseTransport.end_all) once its requests are answered.
                 await self.sse.stream(scope, receive, send)
                 return
-            await self._mcp(scope, receive, send)
+            await self._mcp(scope, self.endable(receive), send)
             return
         async with self.tracked(scope):
             if path == MESSAGE_PATH:

@@ -257,14 +257,21 @@ TEMPLATES = [
 # --- Data stores ----------------------------------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
-DATABASES = {
-    "default": env_database(
-        "DATABASE_URL",
-        DATABASE_URL,
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
-        conn_health_checks=True,
+DATABASES = {"default": env_database("DATABASE_URL", DATABASE_URL, conn_health_checks=True)}
+_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+# Seconds a thread keeps its database connection: the tool, token-check and audit threads
+# reuse theirs. A PostgreSQL connection costs a few milliseconds to open; SQLite's nothing.
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60 if _POSTGRES else 0)
+if _POSTGRES:
+    # A database that does not answer must not hold a thread forever: give up connecting
+    # after DATABASE_CONNECT_TIMEOUT seconds, and (if set) cancel a statement that runs longer
+    # than DATABASE_STATEMENT_TIMEOUT_MS (off by default: a long migration would hit it).
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int(
+        "DATABASE_CONNECT_TIMEOUT", 5, minimum=1
     )
-}
+    _statement_timeout = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 0)
+    if _statement_timeout:
+        DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={_statement_timeout}"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL and a busy timeout let the async transports and the web pages share the file;
     # IMMEDIATE transactions take the write lock up front, so two writers queue on the busy

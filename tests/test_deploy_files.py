@@ -127,6 +127,20 @@ def test_the_workers_get_their_stores_and_proxy_trust_from_compose() -> None:
     assert env["DEBUG"] == "false"
 
 
+def test_the_audit_spool_outlives_the_web_container() -> None:
+    # A worker stopped while the database is down spools its audit records for the next one to
+    # write; `up --build` replaces the container, so the spool must be on a volume.
+    compose = load_compose()
+    env = service_environment(compose, "web", {**dotenv_values(ENV_EXAMPLE), **EDITED_ENV})
+    spool_dir = env.get("MCP_AUDIT_SPOOL_DIR", "/app/var/audit-spool")  # settings: BASE_DIR/var/...
+    assert re.search(r"(?m)^WORKDIR /app$", DOCKERFILE.read_text())
+    assert f"auditspool:{spool_dir}" in compose["services"]["web"]["volumes"]
+    assert "auditspool" in compose["volumes"]
+    # A new named volume takes the ownership of the image's directory: the app user's.
+    assert re.search(rf"(?m)^RUN install -d -o app -g app {re.escape(spool_dir)}$", DOCKERFILE.read_text())
+    assert f"# MCP_AUDIT_SPOOL_DIR={spool_dir}" in ENV_EXAMPLE.read_text().splitlines()
+
+
 def test_the_dockerfile_passes_hadolint() -> None:
     hadolint = ROOT / ".venv" / "bin" / "hadolint"
     hadolint_path = str(hadolint) if hadolint.exists() else shutil.which("hadolint")

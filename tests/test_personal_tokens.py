@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
@@ -242,6 +243,25 @@ def test_the_page_shows_when_a_token_was_last_used(server: LiveServer, alice_bro
     rows = page[page.index('id="personal-token-list"') :]
     cells = rows[rows.index("<strong>batched use</strong>") :][:400]
     assert "5\xa0minutes ago" in cells
+
+
+def test_each_of_a_users_tokens_shows_its_own_last_use(server: LiveServer, alice_browser: Browser) -> None:
+    # Every personal token of a user belongs to one client: used back to back, each must still
+    # be marked used (the "last used" throttle is per token, not per client and user).
+    first = token_on(create_on_page(alice_browser, "laptop"))
+    second = token_on(create_on_page(alice_browser, "desktop"))
+    assert add_over_mcp(server, first) == "42"
+    assert add_over_mcp(server, second) == "42"
+
+    deadline = time.monotonic() + 10
+    while not all(row_of(server, t)["last_used_at"] for t in (first, second)):
+        assert time.monotonic() < deadline, [row_of(server, t)["last_used_at"] for t in (first, second)]
+        time.sleep(0.1)
+    page = alice_browser.http.get("/account/apps").text
+    rows = page[page.index('id="personal-token-list"') :]
+    for name in ("laptop", "desktop"):
+        cells = rows[rows.index(f"<strong>{name}</strong>") :][:400]
+        assert "0\xa0minutes ago" in cells, cells
 
 
 # --- The command -------------------------------------------------------------------------------

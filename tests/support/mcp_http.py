@@ -249,3 +249,52 @@ def resume_messages(
 def resume(url: str, token: str, client: MCPHttp, last_event_id: str, request_id: int) -> dict[str, Any]:
     """The answer to `request_id`, fetched again from `last_event_id`."""
     return resume_messages(url, token, client, last_event_id, request_id)[-1]
+
+
+class SSEClient:
+    """A legacy (2024-11-05) session by hand: its stream, and JSON-RPC POSTed to its endpoint
+    (answered 202; the answer comes on the stream)."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.stream = SSEStream(base_url, token)
+        assert self.stream.status == 200, self.stream.body
+        event = self.stream.next()
+        assert event is not None and event[0] == "endpoint", event
+        self.endpoint = event[1]
+        self.token = token
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.next_id = 2
+
+    def post(self, body: Any) -> httpx.Response:
+        return self.http.post(
+            self.endpoint,
+            content=json.dumps(body),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+
+    def answer(self, request_id: Any, timeout: float = 30) -> dict[str, Any]:
+        """The answer to `request_id` from the stream (AssertionError if the stream ends first)."""
+        while True:
+            message = self.stream.next_message(timeout)
+            if message.get("id") == request_id:
+                return message
+
+    def initialize(self) -> dict[str, Any]:
+        assert self.post(initialize_body("2024-11-05")).status_code == 202
+        answer = self.answer(1)
+        assert self.post({"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+        return answer
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        request_id = self.next_id
+        self.next_id += 1
+        response = self.post({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}})
+        assert response.status_code == 202, response.text
+        return self.answer(request_id)
+
+    def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return self.request("tools/call", {"name": tool, "arguments": arguments})
+
+    def close(self) -> None:
+        self.stream.close()
+        self.http.close()
