@@ -61,7 +61,10 @@ async def health_checks(worker: Worker) -> dict[str, str]:
     if settings.REDIS_URL and worker.bus is not None:
         checks["redis"] = await _bounded("ok", worker.bus.ping())
         # The subscription that carries forwarded requests and revocations.
-        checks["bus"] = "ok" if worker.bus.connected else "error: not subscribed"
+        if not worker.bus.connected:
+            checks["bus"] = "error: not subscribed"
+        else:
+            checks["bus"] = "ok" if worker.sessions_restored else "error: restoring sessions"
     checks["cache"] = await loop.run_in_executor(DB_EXECUTOR, cache_check)
     checks["worker"] = "ok" if worker.state == "serving" else worker.state
     return checks

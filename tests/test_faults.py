@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
+import redis
 
 from tests.support.live import LiveServer, create_users, prepare_server, worker_pair
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, post_json, sse_messages
@@ -221,40 +223,161 @@ def test_redis_down_and_back_gives_retryable_503s_and_recovers_by_itself(tmp_pat
             session.initialize()
             sid = session.session_id or ""
             assert call_add(other.url, token, sid, 1).status_code == 200  # forwarded, Redis up
+            marker = redis.Redis.from_url(redis_server.url)
+            marker.set("outage-marker", b"1")
+            marker.close()
 
             redis_server.stop()
-            time.sleep(1.5)  # the workers notice their subscription is gone
-            # The owner still serves its own session (the token is checked in the database).
-            answered = call_add(owner.url, token, sid, 2)
-            assert answered.status_code == 200 and '"text":"3"' in answered.text.replace(" ", "")
-            # Reaching it through the other worker needs Redis: a retryable 503, not a 500.
-            assert_retryable(call_add(other.url, token, sid, 3))
-            # No new session while sessions cannot be registered; a legacy stream neither.
-            assert_retryable(post_json(f"{other.url}/mcp", token, initialize_body()))
+            # For as long as Redis is away, from its first moment: what needs it is a retryable
+            # 503 every time (never a 500, a 404 or silence); the owner still serves its own
+            # session (the token is checked in the database).
+            n = 2
+            until = time.monotonic() + 3
+            while time.monotonic() < until:
+                answered = call_add(owner.url, token, sid, n)
+                assert answered.status_code == 200, answered.text
+                assert f'"text":"{n + 1}"' in answered.text.replace(" ", "")
+                assert_retryable(call_add(other.url, token, sid, n))  # needs the registry and the bus
+                assert_retryable(post_json(f"{other.url}/mcp", token, initialize_body()))  # a new session
+                n += 1
             sse = httpx.get(f"{owner.url}/sse", headers={"Authorization": f"Bearer {token}"}, timeout=10)
             assert_retryable(sse)
             health = httpx.get(f"{owner.url}/healthz", timeout=10)
             assert health.status_code == 503 and health.json()["checks"]["redis"].startswith("error")
 
-            redis_server.start()  # back, and empty
+            redis_server.start()
+            marker = redis.Redis.from_url(redis_server.url)
+            assert marker.get("outage-marker") is None  # it came back empty
+            marker.close()
+            # Coming back: until the owner has put its session back, reaching it through the
+            # other worker is a retryable 503, never a 404 that would make the client drop a
+            # session that is alive.
+            until = time.monotonic() + 3
+            while time.monotonic() < until:
+                response = call_add(other.url, token, sid, n)
+                if response.status_code != 200:
+                    assert_retryable(response)
+                n += 1
             wait_healthy(owner)
             wait_healthy(other)
-            # The owner put its session back in the registry: forwarding works again, and
-            # new sessions open on either worker.
-            deadline = time.monotonic() + 10
-            while (
-                response := call_add(other.url, token, sid, 4)
-            ).status_code != 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert response.status_code == 200, response.text
-            fresh = MCPHttp(other.url, token)
-            fresh.initialize()
-            assert fresh.call("add", {"a": 20, "b": 22})["result"]["content"][0]["text"] == "42"
-            fresh.close()
+            # Recovered: every answer is a 200 from the first one on. The owner put its session
+            # back in the registry (before saying it is healthy), and the other worker's pooled
+            # connections to the old Redis were replaced, not used.
+            for attempt in range(5):
+                response = call_add(other.url, token, sid, 100 + attempt)
+                assert response.status_code == 200, response.text
+                assert f'"text":"{101 + attempt}"' in response.text.replace(" ", "")
+            for url in (owner.url, other.url):
+                fresh = MCPHttp(url, token)
+                fresh.initialize()
+                assert fresh.call("add", {"a": 20, "b": 22})["result"]["content"][0]["text"] == "42"
+                fresh.close()
             session.close()
         finally:
             pair.first.stop()
             pair.second.stop()
+
+
+@pytest.mark.postgres
+def test_a_redis_blip_ends_relayed_streams_and_forwarded_calls_and_then_everything_works(
+    tmp_path: Path,
+) -> None:
+    """Pub/sub delivers at most once: whatever the owner sent while the forwarder's subscription
+    was down is lost, and the owner is alive again afterwards. No request and no stream may wait
+    for it: each ends (a retryable error for a call) within a few seconds of the blip."""
+    with PrivateRedis() as redis_server, fresh_postgres_database() as database_url:
+        pair = two_workers(
+            tmp_path, database_url=database_url, redis_url=redis_server.url, MCP_CONFORMANCE_FIXTURES="true"
+        )
+        try:
+            token = pair.token()
+            owner, other = pair.first, pair.second
+            call = relayed_slow_call(pair, token, seconds=3, request_id=21)
+            session = call.session
+            relayed = SSEStream(
+                other.url,
+                token,
+                path="/mcp",
+                **{"Mcp-Session-Id": session.session_id or "", "MCP-Protocol-Version": session.version},
+            )
+            assert relayed.status == 200
+
+            redis_server.stop()
+            stopped = time.monotonic()
+            time.sleep(2)  # the slow call finishes on its owner while Redis is away
+            redis_server.start()  # back, and empty
+            call.thread.join(timeout=max(0.1, 6 - (time.monotonic() - stopped)))
+            assert not call.thread.is_alive(), "the forwarded call is still waiting after the blip"
+            assert [a["error"]["code"] for a in call.answers] == [-32001]
+            assert relayed.ended_within(max(0.1, 6 - (time.monotonic() - stopped))), (
+                "the relayed stream hangs"
+            )
+            assert relayed.end == "clean"
+            relayed.close()
+
+            wait_healthy(owner)
+            wait_healthy(other)
+            # Everything works again, without a restart: the stream can be opened again through
+            # the other worker (the owner let go of the old one), and calls go through.
+            again = SSEStream(
+                other.url,
+                token,
+                path="/mcp",
+                **{"Mcp-Session-Id": session.session_id or "", "MCP-Protocol-Version": session.version},
+            )
+            assert again.status == 200, again.body
+            answered = call.through.call("test_sleep", {"seconds": 0.1})
+            assert answered["result"]["content"][0]["text"] == "slept 0.1 s"
+            assert not again.ended_within(0.5)
+            again.close()
+            call.close()
+        finally:
+            pair.first.stop()
+            pair.second.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_forwarders_lost_subscription_ends_what_it_relays_and_frees_the_owner(pair: Pair) -> None:
+    """Only the forwarding worker's subscription drops (Redis cut that one connection): what the
+    owner sends meanwhile is lost, so the forwarder ends its exchanges at once, and the owner
+    lets go of them too (the session's stream can be opened again straight away)."""
+    token = pair.token()
+    owner, other = pair.first, pair.second
+    call = relayed_slow_call(pair, token, seconds=3, request_id=31)
+    headers = {"Mcp-Session-Id": call.session.session_id or "", "MCP-Protocol-Version": call.session.version}
+    relayed = SSEStream(other.url, token, path="/mcp", **headers)
+    assert relayed.status == 200
+
+    # Each worker's subscription is named after it; the registry names the session's owner.
+    client = redis.Redis.from_url(owner.env["REDIS_URL"])
+    db = client.connection_pool.connection_kwargs["db"]
+    owner_id = msgpack.unpackb(client.get(f"mcp:{db}:session:{call.session.session_id}"))[0]
+    subscriptions = {c["name"]: c["id"] for c in client.client_list() if c["name"].startswith("mcp-bus:")}
+    assert len(subscriptions) == 2 and f"mcp-bus:{owner_id}" in subscriptions
+    (forwarders,) = [ident for name, ident in subscriptions.items() if name != f"mcp-bus:{owner_id}"]
+    assert client.client_kill_filter(_id=forwarders) == 1
+    cut = time.monotonic()
+    call.thread.join(timeout=2)
+    assert not call.thread.is_alive(), "the forwarded call is still waiting"
+    assert [a["error"]["code"] for a in call.answers] == [-32001]
+    assert relayed.ended_within(max(0.1, 2 - (time.monotonic() - cut))), "the relayed stream hangs"
+    assert relayed.end == "clean"
+    relayed.close()
+    client.close()
+
+    # While the forwarder subscribes again, a retryable 503; then the stream opens (the owner
+    # let go of the old one: no 409 Conflict).
+    deadline = time.monotonic() + 3
+    while (again := SSEStream(other.url, token, path="/mcp", **headers)).status == 503:
+        assert again.response_headers["retry-after"] and '"code": -32001' in again.body, again.body
+        assert time.monotonic() < deadline, "the forwarder did not subscribe again"
+        again.close()
+        time.sleep(0.2)
+    assert again.status == 200, again.body
+    assert call.through.call("add", {"a": 1, "b": 2})["result"]["content"][0]["text"] == "3"
+    again.close()
+    call.close()
 
 
 def test_postgres_down_and_back_keeps_cached_callers_working_and_loses_no_audit_row(tmp_path: Path) -> None:

@@ -255,15 +255,13 @@ def deployed_server(
     database_url: str,
     redis_url: str,
     port: int | None = None,
-    public_url: str | None = None,
-    migrate: bool = True,
     **overrides: str,
 ) -> LiveServer:
     """A (not yet started) web worker as docker-compose.yml runs it: the web service's command
     line and environment, with only what cannot be the same here replaced (the stores'
     addresses, the port and PUBLIC_URL, where the collected static files are, the log level,
-    the registration limits every test lifts) and whatever the test sets in `overrides`.
-    `migrate` runs the migrate service's command first."""
+    the registration limits every test lifts) and whatever the test sets in `overrides`. The
+    database is migrated first with the migrate service's command."""
     port = port or free_port()
     compose = load_compose()
     stores = {
@@ -273,11 +271,10 @@ def deployed_server(
         "DOTENV_PATH": "/nonexistent/.env",
         "LOG_LEVEL": "WARNING",
     }
-    public_url = public_url or f"http://127.0.0.1:{port}"
-    if migrate:
-        command = service_command(compose, "migrate")
-        assert command[:2] == ["python", "manage.py"], command
-        manage(compose_environment("migrate", public_url=public_url, **stores), *command[2:])
+    public_url = f"http://127.0.0.1:{port}"
+    command = service_command(compose, "migrate")
+    assert command[:2] == ["python", "manage.py"], command
+    manage(compose_environment("migrate", public_url=public_url, **stores), *command[2:])
     env = compose_environment("web", public_url=public_url, **{**stores, **TEST_REGISTRATION, **overrides})
     return LiveServer(
         env=env,
@@ -299,25 +296,14 @@ def worker_pair(
     service (its command line and environment: see `deployed_server`); clients are given the
     first one's origin (PUBLIC_URL) and may use either."""
     port_a, port_b = free_port(), free_port()
-    public_url = f"http://127.0.0.1:{port_a}"
-    first = deployed_server(
-        tmp_dir,
-        database_url=database_url,
-        redis_url=redis_url,
-        port=port_a,
-        public_url=public_url,
-        **overrides,
-    )
+    first = deployed_server(tmp_dir, database_url=database_url, redis_url=redis_url, port=port_a, **overrides)
     if users:
         create_users(first.env, *users)
-    second = deployed_server(
-        tmp_dir,
-        database_url=database_url,
-        redis_url=redis_url,
+    second = LiveServer(
+        env={**first.env},
         port=port_b,
-        public_url=public_url,
-        migrate=False,
-        **overrides,
+        log_path=tmp_dir / f"server-{port_b}.log",
+        argv=worker_argv(service_command(load_compose(), "web"), port=port_b),
     )
     first.start()
     try:
