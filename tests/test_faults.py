@@ -24,7 +24,7 @@ import msgpack
 import pytest
 import redis
 
-from tests.support.live import LiveServer, create_users, prepare_server, worker_pair
+from tests.support.live import LiveServer, create_users, deployed_server, manage, prepare_server, worker_pair
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, post_json, sse_messages
 from tests.support.oauth import Browser, obtain_token
 from tests.support.private_services import PrivatePostgres, PrivateRedis
@@ -380,11 +380,31 @@ def test_a_forwarders_lost_subscription_ends_what_it_relays_and_frees_the_owner(
     call.close()
 
 
+def grant(server: LiveServer, username: str, permission: str) -> None:
+    app_label, codename = permission.split(".")
+    manage(
+        server.env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import Permission, User; "
+        f"User.objects.get(username={username!r}).user_permissions.add("
+        f"Permission.objects.get(content_type__app_label={app_label!r}, codename={codename!r}))",
+    )
+
+
+def assert_unavailable_error(answer: dict[str, Any]) -> None:
+    """A retryable JSON-RPC error that says what is down and nothing of the database's own words."""
+    assert answer["error"]["code"] == -32001, answer
+    assert "database is unavailable" in answer["error"]["message"], answer
+    assert not re.search(r"psycopg|connection|server|port|Errno", answer["error"]["message"]), answer
+
+
+@pytest.mark.redis
 def test_postgres_down_and_back_keeps_cached_callers_working_and_loses_no_audit_row(tmp_path: Path) -> None:
-    with PrivatePostgres() as postgres:
-        database_url = postgres.create_database("mcp")
-        server = prepare_server(tmp_path, database_url=database_url, DATABASE_CONN_MAX_AGE="60")
+    with PrivatePostgres() as postgres, fresh_redis_database() as redis_url:
+        server = deployed_server(tmp_path, database_url=postgres.create_database("mcp"), redis_url=redis_url)
         create_users(server.env, (*USER, {}))
+        grant(server, USER[0], "mcpapp.use_server_stats")
         server.start()
         try:
             browser = Browser(server.url)
@@ -398,6 +418,23 @@ def test_postgres_down_and_back_keeps_cached_callers_working_and_loses_no_audit_
             # A caller whose token was checked before keeps working; its calls are audited later.
             for n in range(3):
                 assert session.call("add", {"a": n, "b": 100})["result"]["content"][0]["text"] == str(n + 100)
+            # Its tools, the permission-gated one included, are listed without the database (the
+            # permissions were read with the token).
+            listed = session.request("tools/list")["result"]["tools"]
+            assert {"add", "whoami", "server_stats"} <= {tool["name"] for tool in listed}
+            # A tool that needs the database itself: a retryable JSON-RPC error, no details.
+            for tool in ("server_stats", "whoami"):
+                response = session.post(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 90,
+                        "method": "tools/call",
+                        "params": {"name": tool, "arguments": {}},
+                    }
+                )
+                assert response.status_code == 200, response.text
+                (answer,) = [m for m in sse_messages(response.text) if m.get("id") == 90]
+                assert_unavailable_error(answer)
             # A token never seen needs the database: a retryable 503, not a 500.
             assert_retryable(post_json(f"{server.url}/mcp", unused, initialize_body()))
             health = httpx.get(f"{server.url}/healthz", timeout=10)
@@ -407,6 +444,7 @@ def test_postgres_down_and_back_keeps_cached_callers_working_and_loses_no_audit_
             wait_healthy(server)
             again = MCPHttp(server.url, unused)
             again.initialize()
+            assert again.call("server_stats", {})["result"]["structuredContent"]["hours"] == 24
             again.close()
 
             def rows() -> int:
