@@ -29,7 +29,7 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +62,18 @@ COMMAND_CONNECTIONS = 32
 
 
 def command_client(url: str) -> aioredis.Redis:
-    """Connections for commands: short timeouts, one retry (a stale pooled connection after a
-    Redis restart is replaced rather than failing the request), and a bounded pool that
-    requests queue on: 200 sessions opened at once share a few dozen connections instead of
-    each opening its own (which made some wait past the connect timeout)."""
+    """Connections for commands: short timeouts, one retry on a broken connection (a stale
+    pooled connection after a Redis restart is replaced rather than failing the request) but
+    none on a timeout (a hung Redis costs a request one timeout, not two), and a bounded pool
+    that requests queue on: 200 sessions opened at once share a few dozen connections instead
+    of each opening its own (which made some wait past the connect timeout)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=COMMAND_CONNECTIONS,
         timeout=COMMAND_TIMEOUT_SECONDS * 2,
         socket_timeout=COMMAND_TIMEOUT_SECONDS,
         socket_connect_timeout=COMMAND_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         health_check_interval=30,
     )
     return aioredis.Redis(connection_pool=pool)

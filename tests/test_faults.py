@@ -461,6 +461,74 @@ def test_postgres_down_and_back_keeps_cached_callers_working_and_loses_no_audit_
             server.stop()
 
 
+# A hung Redis costs a request a couple of its 2 s timeouts at most (a token refresh: the
+# last-used throttle in the cache, then the revocation published now and on commit).
+HUNG_REDIS_BOUND = 8.0
+
+
+def within(bound: float, request: Any) -> httpx.Response:
+    began = time.monotonic()
+    response: httpx.Response = request()
+    assert time.monotonic() - began < bound, f"answered after {time.monotonic() - began:.1f} s"
+    return response
+
+
+@pytest.mark.postgres
+def test_a_hung_redis_gets_answers_in_bounded_time_and_then_recovers(tmp_path: Path) -> None:
+    """Not stopped but hung (SIGSTOP): connections stay open and nothing answers. Each request
+    is answered within a few seconds anyway: served if Redis is not needed for it, else a
+    retryable 503; and all works again once Redis does, without a restart."""
+    with PrivateRedis() as redis_server, fresh_postgres_database() as database_url:
+        pair = two_workers(tmp_path, database_url=database_url, redis_url=redis_server.url)
+        try:
+            owner, other = pair.first, pair.second
+            browser = Browser(owner.url)
+            assert browser.login(*USER).status_code == 302
+            issued = obtain_token(owner.url, browser, resource=owner.url)
+            client, token = issued["client"], issued["access_token"]
+            unseen = obtain_token(owner.url, browser, resource=owner.url)["access_token"]
+            session = MCPHttp(owner.url, token)
+            session.initialize()
+            sid = session.session_id or ""
+            assert call_add(other.url, token, sid, 1).status_code == 200  # both workers know the token
+
+            redis_server.pause()
+            try:
+                # The owner serves its own session; through the other worker it needs Redis.
+                answered = within(HUNG_REDIS_BOUND, lambda: call_add(owner.url, token, sid, 2))
+                assert answered.status_code == 200, answered.text
+                assert_retryable(within(HUNG_REDIS_BOUND, lambda: call_add(other.url, token, sid, 3)))
+                # A new session (with a token never seen before, too): served or a retryable 503.
+                for bearer in (token, unseen):
+                    opened = within(
+                        HUNG_REDIS_BOUND, lambda: post_json(f"{other.url}/mcp", bearer, initialize_body())
+                    )
+                    if opened.status_code != 200:
+                        assert_retryable(opened)
+                # The token endpoint needs only the database: the refresh is answered.
+                refreshed = within(HUNG_REDIS_BOUND, lambda: client.refresh(issued["refresh_token"]))
+                assert refreshed.status_code == 200, refreshed.text
+                health = within(HUNG_REDIS_BOUND, lambda: httpx.get(f"{other.url}/healthz", timeout=10))
+                assert health.status_code == 503
+            finally:
+                redis_server.resume()
+
+            wait_healthy(owner)
+            wait_healthy(other)
+            token = refreshed.json()["access_token"]
+            assert call_add(other.url, token, sid, 4).status_code == 200
+            fresh = MCPHttp(other.url, token)
+            fresh.initialize()
+            assert fresh.call("add", {"a": 20, "b": 22})["result"]["content"][0]["text"] == "42"
+            assert client.refresh(refreshed.json()["refresh_token"]).status_code == 200
+            fresh.close()
+            session.close()
+            browser.close()
+        finally:
+            pair.first.stop()
+            pair.second.stop()
+
+
 def rss_kib(server: LiveServer) -> int:
     assert server.process is not None
     status = Path(f"/proc/{server.process.pid}/status").read_text()
