@@ -530,6 +530,59 @@ def test_a_hung_redis_gets_answers_in_bounded_time_and_then_recovers(tmp_path: P
             pair.second.stop()
 
 
+# A hung PostgreSQL: a new connection gives up after DATABASE_CONNECT_TIMEOUT (5 s), a token
+# check after 10 s (mcpapp.auth).
+HUNG_POSTGRES_BOUND = 12.0
+
+
+@pytest.mark.redis
+def test_a_hung_postgres_gets_answers_in_bounded_time_and_spends_nothing(tmp_path: Path) -> None:
+    """PostgreSQL hung (SIGSTOP), not stopped: callers whose token is known are served, a token
+    never seen and the token endpoint get retryable 503s within a bound, and the refresh token
+    that met the hang still works afterwards."""
+    with PrivatePostgres() as postgres, fresh_redis_database() as redis_url:
+        pair = two_workers(tmp_path, database_url=postgres.create_database("mcp"), redis_url=redis_url)
+        try:
+            owner, other = pair.first, pair.second
+            browser = Browser(owner.url)
+            assert browser.login(*USER).status_code == 302
+            issued = obtain_token(owner.url, browser, resource=owner.url)
+            client, token = issued["client"], issued["access_token"]
+            unseen = obtain_token(owner.url, browser, resource=owner.url)["access_token"]
+            session = MCPHttp(owner.url, token)
+            session.initialize()
+            sid = session.session_id or ""
+            assert call_add(other.url, token, sid, 1).status_code == 200  # both workers know the token
+
+            postgres.pause()
+            try:
+                for url in (owner.url, other.url):  # served here, and forwarded
+                    answered = within(HUNG_POSTGRES_BOUND, lambda url=url: call_add(url, token, sid, 2))
+                    assert answered.status_code == 200, answered.text
+                assert_retryable(
+                    within(
+                        HUNG_POSTGRES_BOUND, lambda: post_json(f"{other.url}/mcp", unseen, initialize_body())
+                    )
+                )
+                refused = within(HUNG_POSTGRES_BOUND, lambda: client.refresh(issued["refresh_token"]))
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["error"] == "temporarily_unavailable" and refused.headers["retry-after"]
+            finally:
+                postgres.resume()
+
+            wait_healthy(owner, 30)
+            wait_healthy(other, 30)
+            fresh = MCPHttp(other.url, unseen)
+            fresh.initialize()
+            fresh.close()
+            assert client.refresh(issued["refresh_token"]).status_code == 200  # not spent by the 503
+            session.close()
+            browser.close()
+        finally:
+            pair.first.stop()
+            pair.second.stop()
+
+
 def rss_kib(server: LiveServer) -> int:
     assert server.process is not None
     status = Path(f"/proc/{server.process.pid}/status").read_text()
