@@ -330,7 +330,7 @@ class Tunnel:
         gone = serving.gone
         self.serving[rid] = serving
         given = False
-        state = {"started": False, "finished": False, "unheard": False}
+        state = {"finished": False, "unheard": False}
 
         async def receive() -> Message:
             nonlocal given
@@ -343,16 +343,15 @@ class Tunnel:
         async def send(message: Message) -> None:
             if gone.is_set():
                 return
-            if message["type"] == "http.response.start":
-                state["started"] = True
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                state["finished"] = True
             answer = {"k": ANSWER, "rid": rid, "o": self.worker_id, "m": dict(message)}
             try:
                 delivered = await self.bus.send(reply_to, answer)
             except (RedisError, OSError):
                 delivered = -1  # not sent: the forwarder waits for it, and must be told
-            if delivered <= 0:
+            if delivered > 0:
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    state["finished"] = True
+            else:
                 state["unheard"] = delivered == 0
                 gone.set()  # the answer is lost: as good as a disconnect
 
