@@ -64,7 +64,8 @@ def token_checksum(raw: str) -> str:
 
 
 def _token_load(checksum: str) -> Caller | None:
-    """The caller a token stands for, from the database (None: unknown, expired or disabled)."""
+    """The caller a token stands for, with its user's permissions, from the database (None:
+    unknown, expired or disabled)."""
     close_old_connections()
     try:
         token = (
@@ -72,13 +73,14 @@ def _token_load(checksum: str) -> Caller | None:
             .filter(token_checksum=checksum, expires__gt=timezone.now())
             .first()
         )
+        if token is None or token.user is None or token.application is None:
+            return None
+        application = token.application
+        if getattr(application, "disabled_at", None) is not None or not token.user.is_active:
+            return None
+        permissions = frozenset(token.user.get_all_permissions())
     finally:
         close_old_connections()
-    if token is None or token.user is None or token.application is None:
-        return None
-    application = token.application
-    if getattr(application, "disabled_at", None) is not None or not token.user.is_active:
-        return None
     return Caller(
         user_id=token.user.pk,
         username=token.user.get_username(),
@@ -91,6 +93,7 @@ def _token_load(checksum: str) -> Caller | None:
         resources=tuple(token.resource or ()),
         expires_at=token.expires.timestamp(),
         issuer=settings.PUBLIC_URL,
+        permissions=permissions,
     )
 
 
@@ -296,7 +299,8 @@ def token_cache_forget(checksum: str) -> None:
 
 
 def user_tokens_forget(user_id: int) -> None:
-    """A user was deactivated: every worker drops its checks of that user's tokens."""
+    """A user was deactivated or their permissions changed: every worker drops its checks of
+    that user's tokens."""
     _announce({"u": user_id}, lambda: TOKEN_CACHE.invalidate(user_id=user_id))
 
 
@@ -305,9 +309,16 @@ def application_tokens_forget(application_id: int) -> None:
     _announce({"a": application_id}, lambda: TOKEN_CACHE.invalidate(application_id=application_id))
 
 
+def all_tokens_forget() -> None:
+    """Permissions changed for many users at once (a group's): every worker drops every check."""
+    _announce({"e": 1}, lambda: TOKEN_CACHE.invalidate(everything=True))
+
+
 def apply_revocation(message: dict[str, Any]) -> None:
     """A revocation heard on the bus (possibly our own: invalidating twice is harmless)."""
-    if "t" in message:
+    if "e" in message:
+        TOKEN_CACHE.invalidate(everything=True)
+    elif "t" in message:
         TOKEN_CACHE.invalidate(checksum=str(message["t"]))
     elif "u" in message:
         TOKEN_CACHE.invalidate(user_id=int(message["u"]))

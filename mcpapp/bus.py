@@ -29,7 +29,7 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ HEARTBEAT_SECONDS = 0.25
 HEARTBEAT_TTL_MS = 1000
 COMMAND_TIMEOUT_SECONDS = 2.0
 PING_SECONDS = 3.0
+# After this worker's subscription came back, Redis may have come back empty: other workers
+# re-write their heartbeats and sessions within this long (a heartbeat write that may take a
+# command timeout, then the subscription's longest backoff), so a missing key means
+# "not yet", not "gone".
+SETTLE_SECONDS = COMMAND_TIMEOUT_SECONDS + 2.0
 
 
 def channel_prefix(url: str) -> str:
@@ -57,17 +62,18 @@ COMMAND_CONNECTIONS = 32
 
 
 def command_client(url: str) -> aioredis.Redis:
-    """Connections for commands: short timeouts, one retry (a stale pooled connection after a
-    Redis restart is replaced rather than failing the request), and a bounded pool that
-    requests queue on: 200 sessions opened at once share a few dozen connections instead of
-    each opening its own (which made some wait past the connect timeout)."""
+    """Connections for commands: short timeouts, one retry on a broken connection (a stale
+    pooled connection after a Redis restart is replaced rather than failing the request) but
+    none on a timeout (a hung Redis costs a request one timeout, not two), and a bounded pool
+    that requests queue on: 200 sessions opened at once share a few dozen connections instead
+    of each opening its own (which made some wait past the connect timeout)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=COMMAND_CONNECTIONS,
         timeout=COMMAND_TIMEOUT_SECONDS * 2,
         socket_timeout=COMMAND_TIMEOUT_SECONDS,
         socket_connect_timeout=COMMAND_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         health_check_interval=30,
     )
     return aioredis.Redis(connection_pool=pool)
@@ -91,6 +97,8 @@ class Bus:
         self._on_message = on_message
         self._on_reset = on_reset
         self.connected = False
+        # When the subscription last came back after being lost (monotonic; None: never lost).
+        self.resubscribed_at: float | None = None
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -125,16 +133,20 @@ class Bus:
     async def _subscribe_forever(self) -> None:
         backoff = 0.1
         outage_logged = False
+        lost_once = False
         while not self._stopping:
             pubsub = aioredis.Redis.from_url(
                 self.url,
                 socket_connect_timeout=COMMAND_TIMEOUT_SECONDS,
                 socket_keepalive=True,
                 retry=Retry(NoBackoff(), 0),  # a dropped link must surface here, not be papered over
+                client_name=f"mcp-bus:{self.worker_id}",  # which worker it is, in CLIENT LIST
             ).pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.inbox, self.revocations)
                 self.connected = True
+                if lost_once:
+                    self.resubscribed_at = time.monotonic()
                 backoff = 0.1
                 if outage_logged:
                     logger.warning("Redis is back: cross-worker routing and revocations resumed")
@@ -153,6 +165,7 @@ class Bus:
                     outage_logged = True
             finally:
                 was_connected, self.connected = self.connected, False
+                lost_once = True
                 if was_connected:
                     self._on_reset(False)
                 with contextlib.suppress(Exception):
@@ -206,7 +219,16 @@ class Bus:
             numsub, heartbeat = await pipe.execute()
         if numsub and int(numsub[0][1]) > 0:
             return "alive"
-        return "reconnecting" if heartbeat else "gone"
+        return "reconnecting" if heartbeat or self.settling else "gone"
+
+    @property
+    def settling(self) -> bool:
+        """Whether Redis may be missing what other workers re-write after an outage (their
+        heartbeats, their sessions in the registry): while this worker's own subscription is
+        down, and for SETTLE_SECONDS after it came back."""
+        if not self.connected:
+            return True
+        return self.resubscribed_at is not None and time.monotonic() - self.resubscribed_at < SETTLE_SECONDS
 
     async def ping(self) -> None:
         await self.client.ping()

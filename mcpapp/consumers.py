@@ -116,6 +116,11 @@ class MCPConsumer(AsyncConsumer):
         session_id = worker.session_id_of(scope) if scope["path"] != "/sse" else None
         if session_id and not worker.owns(session_id) and worker.tunnel is not None:
             entry = await worker.registry.lookup(session_id)
+            if entry is None and worker.bus is not None and worker.bus.settling:
+                # Redis came back a moment ago, perhaps empty: the owner may not have put its
+                # sessions back yet, so "not found" would be a guess.
+                await send_unavailable(send, "Sessions are being restored after a Redis outage")
+                return
             if entry is not None and entry.owner != worker.id:
                 if not caller.owns(user_id=entry.user_id, client_id=entry.client_id):
                     # Someone else's session: answered as if it did not exist.

@@ -90,6 +90,9 @@ async def health_checks(worker: Worker) -> dict[str, str]:
     results = {name: future.result() for name, future in checks.items()}
     if "redis" in results:
         # The subscription that carries forwarded requests and revocations.
-        results["bus"] = "ok" if worker.bus is not None and worker.bus.connected else "error: not subscribed"
+        if worker.bus is None or not worker.bus.connected:
+            results["bus"] = "error: not subscribed"
+        else:
+            results["bus"] = "ok" if worker.sessions_restored else "error: restoring sessions"
     results["worker"] = "ok" if worker.state == "serving" else worker.state
     return results

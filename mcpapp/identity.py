@@ -1,6 +1,7 @@
 """Who is calling: one type from the Authorization header to the tool.
 
-The bearer-token layer builds a `Caller` once per token (and caches it with the token check);
+The bearer-token layer builds a `Caller` once per token (and caches it with the token check,
+the user's permissions included);
 it travels on the ASGI scope as `scope["mcp.caller"]`, across workers as `Caller.encode()`,
 and reaches tools as `current_caller()`. The SDK sees the same principal as its own
 `AuthenticatedUser` (`scope["user"]`), which binds a session to the client and user that
@@ -36,6 +37,9 @@ class Caller:
     resources: tuple[str, ...]
     expires_at: float
     issuer: str
+    # The user's Django permissions ("app.codename"), read with the token: listing and calling
+    # permission-gated tools needs no database read. Changing them drops the cached check.
+    permissions: frozenset[str] = frozenset()
     sdk_user: AuthenticatedUser = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -56,7 +60,9 @@ class Caller:
 
     def encode(self) -> dict[str, Any]:
         """A plain dict for the wire between workers (the SDK view is rebuilt on arrival)."""
-        return {name: getattr(self, name) for name in _WIRE_FIELDS}
+        data = {name: getattr(self, name) for name in _WIRE_FIELDS}
+        data["permissions"] = sorted(self.permissions)
+        return data
 
     @classmethod
     def decode(cls, data: dict[str, Any]) -> Caller:
@@ -72,6 +78,7 @@ class Caller:
             resources=tuple(data["resources"]),
             expires_at=float(data["expires_at"]),
             issuer=str(data["issuer"]),
+            permissions=frozenset(str(name) for name in data.get("permissions", ())),
         )
 
     def owns(self, *, user_id: int, client_id: str) -> bool:

@@ -21,10 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.templatetags.static import static
 from django.utils import timezone
 from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
     CallToolRequestParams,
     CallToolResult,
@@ -35,12 +36,13 @@ from mcp_types import (
     ToolAnnotations,
 )
 
-from . import selectors, services
+from . import services
 from .audit import AuditWriter, ToolCallRecord
 from .identity import Caller, caller_of
 from .metrics import METRICS
 from .tools import TOOLS
 from .tools.context import reset_caller, set_caller
+from .wire import SERVER_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 # (close_old_connections honours DATABASE_CONN_MAX_AGE), sized by MCP_TOOL_THREADS.
 TOOL_EXECUTOR = ThreadPoolExecutor(max_workers=settings.MCP_TOOL_THREADS, thread_name_prefix="mcp-tool")
 UNKNOWN_TOOL = "(unknown)"
+DATABASE_UNAVAILABLE = "The database is unavailable; try again in a few seconds"
 SERVER_ICON = "mcpapp/icon.svg"
 
 
@@ -74,7 +77,13 @@ def as_async(fn: Callable[..., Any]) -> Callable[..., Any]:
     async def wrapper(**kwargs: Any) -> Any:
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(TOOL_EXECUTOR, context.run, _run_in_thread, fn, kwargs)
+        try:
+            return await loop.run_in_executor(TOOL_EXECUTOR, context.run, _run_in_thread, fn, kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            # The database is down (not a bug in the tool): a retryable JSON-RPC error, with
+            # none of the driver's words (addresses, ports) in it.
+            logger.warning("tool %s: the database is unavailable (%s)", fn.__name__, type(exc).__name__)
+            raise MCPError(code=SERVER_UNAVAILABLE, message=DATABASE_UNAVAILABLE) from exc
 
     wrapper.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
     return wrapper
@@ -129,20 +138,15 @@ class DjangoMCPServer(MCPServer):
         if permission:
             self.required_permissions[name] = permission
 
-    async def _permissions(self, caller: Caller | None) -> frozenset[str]:
-        if caller is None:
-            return frozenset()
-        loop = asyncio.get_running_loop()
-        from .auth import DB_EXECUTOR
-
-        return await loop.run_in_executor(
-            DB_EXECUTOR, functools.partial(selectors.user_permissions, user_id=caller.user_id)
-        )
+    @staticmethod
+    def _permissions(caller: Caller | None) -> frozenset[str]:
+        """Read with the caller's token (mcpapp.auth): no database read per request."""
+        return caller.permissions if caller is not None else frozenset()
 
     async def _handle_list_tools(self, ctx: Any, params: PaginatedRequestParams | None) -> ListToolsResult:
         tools = await self.list_tools()
         if self.required_permissions:
-            permissions = await self._permissions(caller_from_context(ctx))
+            permissions = self._permissions(caller_from_context(ctx))
             tools = [
                 t
                 for t in tools
@@ -156,7 +160,7 @@ class DjangoMCPServer(MCPServer):
         started = time.perf_counter()
         known = self._tool_manager.get_tool(name) is not None
         permission = self.required_permissions.get(name)
-        if permission is not None and permission not in await self._permissions(caller):
+        if permission is not None and permission not in self._permissions(caller):
             self._audit(caller, name, params, "denied", started, "permission required", known=True)
             # Indistinguishable from a tool that does not exist: users without the
             # permission neither see nor call it.

@@ -18,6 +18,15 @@ watcher per forwarding worker checks the owners of in-flight requests four times
 ending the request (404 before the answer started, the end of the stream after) within about
 1.25 s of an owner's death. The owner in turn learns that the forwarder is gone when an answer
 reaches nobody, and treats that as the client's disconnect.
+
+Nothing waits on a message that was lost either. Pub/sub delivers at most once: what is
+published while a subscription is down is gone, and both workers are alive afterwards. So
+when a worker's subscription drops, every exchange it is part of ends: as forwarder, each
+request gets a retryable 503 (or, once answering, its stream ends with a retryable JSON-RPC
+error for each unanswered request); as owner, each request it serves for others stops and
+tells its forwarder (ABORT). An answer arriving for a request the forwarder no longer waits
+for is answered with CANCEL, so the owner stops too; and an owner that has not started
+answering within FORWARD_START_SECONDS (its subscription lost the request) is given up on.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -60,9 +70,13 @@ ANSWER = "msg"
 CANCEL = "cancel"
 ABORT = "abort"
 OWNER_WATCH_SECONDS = 0.25
+# The owner starts every answer at once (an event stream's headers, a 202): no start within
+# this long means the request was lost on the way.
+FORWARD_START_SECONDS = 5.0
 
 _DISCONNECTED: dict[str, Any] = {"k": "client_gone"}
 _OWNER_GONE: dict[str, Any] = {"k": "owner_gone"}
+_LOST: dict[str, Any] = {"k": "lost"}  # this worker's subscription dropped: answers may be lost
 
 Dispatch = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -98,6 +112,16 @@ def decode_scope(data: dict[str, Any], caller: Caller) -> Scope:
     }
 
 
+@dataclass(slots=True)
+class _Serving:
+    """A request this worker serves for another: who forwarded it, and whether it has ended
+    for the forwarder (its client left, or the link is lost)."""
+
+    reply_to: str
+    gone: anyio.Event = field(default_factory=anyio.Event)
+    settled: bool = False  # the forwarder knows it ended (it cancelled, or was sent ABORT)
+
+
 class Tunnel:
     def __init__(self, *, bus: Bus, registry: Registry, worker_id: str, dispatch: Dispatch) -> None:
         self.bus = bus
@@ -107,9 +131,8 @@ class Tunnel:
         self._ids = itertools.count(1)
         # Requests this worker forwarded, waiting for answers: rid -> (owner, queue).
         self.pending: dict[str, tuple[str, asyncio.Queue[dict[str, Any]]]] = {}
-        # Requests this worker serves for others: rid -> (the forwarder, an event set when the
-        # client is gone).
-        self.serving: dict[str, tuple[str, anyio.Event]] = {}
+        # Requests this worker serves for others.
+        self.serving: dict[str, _Serving] = {}
         self._watcher: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -120,17 +143,37 @@ class Tunnel:
         kind = payload.get("k")
         rid = str(payload.get("rid", ""))
         if kind == FORWARD_REQUEST:
-            task = asyncio.get_running_loop().create_task(self._serve_safely(payload))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._spawn(self._serve_safely(payload))
         elif kind in (ANSWER, ABORT):
             waiting = self.pending.get(rid)
             if waiting is not None:
                 waiting[1].put_nowait(payload)
+            elif kind == ANSWER and payload.get("o"):
+                # An answer to a request given up on (its client left, or this worker's
+                # subscription dropped meanwhile): the owner stops serving it.
+                self._spawn(self._send_quietly(str(payload["o"]), {"k": CANCEL, "rid": rid}))
         elif kind == CANCEL:
             serving = self.serving.get(rid)
             if serving is not None:
-                serving[1].set()
+                serving.settled = True
+                serving.gone.set()
+
+    def connection_lost(self) -> None:
+        """This worker's subscription dropped: any message of an exchange in flight may have
+        been lost, so every one of them ends now rather than wait for what may never come."""
+        for _owner, queue in self.pending.values():
+            queue.put_nowait(_LOST)
+        for serving in self.serving.values():
+            serving.gone.set()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send_quietly(self, worker_id: str, message: dict[str, Any]) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.bus.send(worker_id, message)
 
     # --- the forwarding half ------------------------------------------------------------------
 
@@ -139,6 +182,10 @@ class Tunnel:
     ) -> None:
         """Hand the request to the worker that owns the session and relay its answer."""
         caller: Caller = scope[SCOPE_KEY]
+        if not self.bus.connected:
+            # The answer would come back through this worker's subscription, which is down.
+            await send_unavailable(send, "Redis is unavailable")
+            return
         rid = f"{self.worker_id}:{next(self._ids)}"
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.pending[rid] = (entry.owner, queue)
@@ -163,10 +210,26 @@ class Tunnel:
                     pass
                 queue.put_nowait(_DISCONNECTED)
 
-            client_task = asyncio.get_running_loop().create_task(watch_client())
+            loop = asyncio.get_running_loop()
+            client_task = loop.create_task(watch_client())
+            start_by = loop.time() + FORWARD_START_SECONDS
             while True:
-                item = await queue.get()
+                if started:
+                    item = await queue.get()
+                else:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), timeout=max(0.0, start_by - loop.time()))
+                    except TimeoutError:
+                        item = _LOST
                 kind = item.get("k")
+                if item is _LOST:
+                    # Whatever the owner sends now may never arrive: end it here, and tell the
+                    # owner to stop (if Redis lets us; the owner's own checks stop it otherwise).
+                    METRICS.forwards.labels(direction="out", outcome="lost").inc()
+                    self._spawn(self._send_quietly(entry.owner, {"k": CANCEL, "rid": rid}))
+                    if not started:
+                        await send_unavailable(send, "The link to the session's worker was interrupted")
+                    return
                 if item is _DISCONNECTED:
                     with contextlib.suppress(RedisError, OSError):
                         await self.bus.send(entry.owner, {"k": CANCEL, "rid": rid})
@@ -263,10 +326,11 @@ class Tunnel:
         )
         body: bytes = payload["body"]
         scope = {**decode_scope(payload["scope"], caller), BODY_KEY: body}
-        gone = anyio.Event()
-        self.serving[rid] = (reply_to, gone)
+        serving = _Serving(reply_to)
+        gone = serving.gone
+        self.serving[rid] = serving
         given = False
-        state = {"started": False, "finished": False}
+        state = {"finished": False, "unheard": False}
 
         async def receive() -> Message:
             nonlocal given
@@ -279,30 +343,31 @@ class Tunnel:
         async def send(message: Message) -> None:
             if gone.is_set():
                 return
-            if message["type"] == "http.response.start":
-                state["started"] = True
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                state["finished"] = True
+            answer = {"k": ANSWER, "rid": rid, "o": self.worker_id, "m": dict(message)}
             try:
-                delivered = await self.bus.send(reply_to, {"k": ANSWER, "rid": rid, "m": dict(message)})
+                delivered = await self.bus.send(reply_to, answer)
             except (RedisError, OSError):
-                delivered = 0
-            if delivered == 0:
-                gone.set()  # nobody is listening any more: as good as a disconnect
+                delivered = -1  # not sent: the forwarder waits for it, and must be told
+            if delivered > 0:
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    state["finished"] = True
+            else:
+                state["unheard"] = delivered == 0
+                gone.set()  # the answer is lost: as good as a disconnect
 
         try:
             await self.dispatch(scope, receive, send)
             METRICS.forwards.labels(direction="in", outcome="answered").inc()
         finally:
             self.serving.pop(rid, None)
-            if not state["finished"] and not gone.is_set():
-                with contextlib.suppress(RedisError, OSError):
-                    await self.bus.send(reply_to, {"k": ABORT, "rid": rid})
+            if not state["finished"] and not serving.settled and not state["unheard"]:
+                # Unfinished, and the forwarder may still wait for it: say it ended.
+                await self._send_quietly(reply_to, {"k": ABORT, "rid": rid})
 
     async def abort_all(self) -> None:
         """Shutting down past the grace period: every forwarder still waiting on this worker
         gets ABORT (its client a clean 503 or the end of its stream), never silence."""
-        for rid, (reply_to, gone) in list(self.serving.items()):
-            gone.set()
-            with contextlib.suppress(RedisError, OSError):
-                await self.bus.send(reply_to, {"k": ABORT, "rid": rid})
+        for rid, serving in list(self.serving.items()):
+            serving.settled = True
+            serving.gone.set()
+            await self._send_quietly(serving.reply_to, {"k": ABORT, "rid": rid})

@@ -104,6 +104,9 @@ class Worker:
             on_call_end=self._call_finished,
         )
         self.tunnel: Tunnel | None = None
+        # False from a lost Redis subscription until this worker's sessions are back in the
+        # registry (Redis may have come back empty).
+        self.sessions_restored = True
         if self.bus is not None:
             self.tunnel = Tunnel(
                 bus=self.bus, registry=self.registry, worker_id=self.id, dispatch=self.dispatch
@@ -169,13 +172,15 @@ class Worker:
             await asyncio.sleep(period)
             await self._refresh_registry()
 
-    async def _refresh_registry(self) -> None:
+    async def _refresh_registry(self) -> bool:
         entries = dict(self.mcp_sessions)
         entries.update({sid: self.sse.entry_for(s) for sid, s in self.sse.sessions.items()})
         try:
             await self.registry.refresh(entries)
         except Exception as exc:
             logger.warning("could not refresh the session registry (%s)", type(exc).__name__)
+            return False
+        return True
 
     def _bus_message(self, channel: str, payload: Any) -> None:
         if not isinstance(payload, dict):
@@ -187,11 +192,27 @@ class Worker:
 
     def _bus_reset(self, connected: bool) -> None:
         TOKEN_CACHE.reset(trusted=connected)
-        if connected and self.state == "serving":
+        if not connected:
+            self.sessions_restored = False
+            if self.tunnel is not None:
+                # Messages of the exchanges in flight may have been lost: none waits for them.
+                self.tunnel.connection_lost()
+        elif self.state == "serving":
             # Redis may have come back empty: put this worker's sessions back.
-            task = asyncio.get_running_loop().create_task(self._refresh_registry())
+            task = asyncio.get_running_loop().create_task(self._restore_registry())
             self._tasks.append(task)
             task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        else:
+            self.sessions_restored = True  # no session yet, or leaving
+
+    async def _restore_registry(self) -> None:
+        """Re-write every session of this worker until it succeeds (or the link drops again);
+        /healthz says "ok" for the bus only then, so no request meets a session not yet back."""
+        while self.bus is not None and self.bus.connected:
+            if await self._refresh_registry():
+                self.sessions_restored = True
+                return
+            await asyncio.sleep(0.5)
 
     def _mcp_session_ended(self, session_id: str) -> None:
         if self.mcp_sessions.pop(session_id, None) is not None:

@@ -294,8 +294,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            # Fail fast rather than hang a request when Redis is unreachable.
-            "OPTIONS": {"socket_connect_timeout": 5, "socket_timeout": 5},
+            # Fail fast rather than hang a request when Redis is unreachable or hangs: it
+            # answers in milliseconds, and each cache call of a request may wait this long.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
         }
     }
 else:

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.live import LiveServer, worker_pair
+from tests.support.forms import admin_set_user_permissions
+from tests.support.live import OPERATOR, LiveServer, worker_pair
 from tests.support.mcp_http import MCPHttp, SSEStream, initialize_body, post_json, raw_events, resume
 from tests.support.oauth import Browser, obtain_token
 from tests.support.services import fresh_postgres_database, fresh_redis_database
@@ -26,7 +27,11 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServ
             tmp,
             database_url=database_url,
             redis_url=redis_url,
-            users=(("alice", "alice-password-123", {}), ("bob", "bob-password-456", {})),
+            users=(
+                ("alice", "alice-password-123", {}),
+                ("bob", "bob-password-456", {}),
+                (*OPERATOR, {"is_staff": True, "is_superuser": True}),
+            ),
             MCP_CONFORMANCE_FIXTURES="true",  # test_reconnection, for resumption
         )
         try:
@@ -196,3 +201,29 @@ def test_a_stream_closed_on_one_worker_resumes_through_the_other(
     answer = resume(second.url, token, client, events[-1]["id"], 62)
     assert answer["result"]["content"][0]["text"] == "Reconnection test completed successfully"
     client.close()
+
+
+def test_a_permission_granted_or_revoked_in_admin_applies_on_every_worker_at_once(
+    workers: tuple[LiveServer, LiveServer], token: str
+) -> None:
+    first, second = workers
+    ((permission,),) = first.sql("SELECT id FROM auth_permission WHERE codename = 'use_server_stats'")
+    operator = Browser(first.url)
+    assert operator.login(*OPERATOR).status_code == 302
+    # Alice works through the other worker, where her token's check (and permissions) are cached.
+    client = MCPHttp(second.url, token)
+    client.initialize()
+
+    def tools() -> set[str]:
+        return {tool["name"] for tool in client.request("tools/list")["result"]["tools"]}
+
+    assert "server_stats" not in tools()
+    admin_set_user_permissions(operator.http, "alice", [permission])
+    assert "server_stats" in tools()
+    assert client.call("server_stats", {})["result"]["structuredContent"]["hours"] == 24
+    admin_set_user_permissions(operator.http, "alice", [])
+    assert "server_stats" not in tools()
+    refused = client.call("server_stats", {})["result"]
+    assert refused["isError"] is True and refused["content"][0]["text"] == "Unknown tool: server_stats"
+    client.close()
+    operator.close()

@@ -237,6 +237,50 @@ def check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def compose_duration_seconds(value: str) -> float:
+    """A compose duration such as "30s", "1m30s" or "500ms", in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", value)
+    assert parts and "".join(number + unit for number, unit in parts) == value, value
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_compose_kills_a_worker_only_after_its_drain_can_have_finished() -> None:
+    """`docker compose stop` sends SIGTERM, then SIGKILL after stop_grace_period: the drain (its
+    grace, MCP_DRAIN_SECONDS as the web container's settings resolve it, and the steps after
+    it) must fit, or compose cuts calls and loses the audit buffer it was writing."""
+    code = (
+        "import json; from django.conf import settings as s; "
+        "from mcpapp.bus import COMMAND_TIMEOUT_SECONDS as c; print(json.dumps([s.MCP_DRAIN_SECONDS, c]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=production_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    drain, command_timeout = json.loads(result.stdout.strip().splitlines()[-1])
+    # What Worker.drain (mcpapp/worker.py) and daphne spend after the grace, at most:
+    after_the_grace = {
+        "closing: requests already inside get a second more": 1.0,
+        "requests still running are cut and send their retryable errors": 1.0,
+        "the audit buffer is written: stop(audit_timeout=max(2.0, ...))": 2.0,
+        "leaving Redis: the heartbeat deleted, at worst a command timeout": command_timeout,
+        "daphne cancels what is left, the process exits": 1.0,
+    }
+    web = load_compose()["services"]["web"]
+    stop_grace = compose_duration_seconds(str(web["stop_grace_period"]))
+    assert drain + sum(after_the_grace.values()) <= stop_grace, (drain, after_the_grace, stop_grace)
+    # The compose file and the README name the figures the settings have.
+    assert f"MCP_DRAIN_SECONDS ({drain} s)" in COMPOSE_FILE.read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert f"| `MCP_DRAIN_SECONDS` | `{drain}` |" in readme
+    assert f"`stop_grace_period`, {stop_grace:.0f} s" in readme
+
+
 def test_check_deploy_passes_with_the_example_production_environment() -> None:
     env = production_env()
     assert env["BEHIND_PROXY"] == "true"

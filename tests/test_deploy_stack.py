@@ -29,6 +29,7 @@ from tests.support.deploy import (
     load_compose,
     service_command,
     service_environment,
+    worker_argv,
 )
 from tests.support.live import create_user, free_port
 from tests.support.oauth import Browser, OAuthClient, obtain_token
@@ -39,7 +40,6 @@ from tests.support.stack import (
     run_compose_command,
     start_nginx,
     upstreams_seen,
-    worker_argv,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.e2e]

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.forms import admin_set_user_permissions
 from tests.support.live import ALICE, LiveServer, create_users, manage, prepare_server
 from tests.support.mcp_http import ACCEPT, MCPHttp, SSEStream, initialize_body, sse_messages
 from tests.support.oauth import Browser, obtain_token
@@ -490,7 +491,7 @@ def test_whoami_names_the_user_and_client(server: LiveServer, alice_token: str) 
 
 
 def test_the_permission_gated_tool_is_hidden_and_refused_until_granted(
-    server: LiveServer, bob_token: str
+    server: LiveServer, bob_token: str, operator_browser: Browser
 ) -> None:
     client = MCPHttp(server.url, bob_token)
     client.initialize()
@@ -500,12 +501,9 @@ def test_the_permission_gated_tool_is_hidden_and_refused_until_granted(
     assert refused["isError"] is True
     assert "Unknown tool" in refused["content"][0]["text"]
 
-    grant = (
-        "from django.contrib.auth.models import Permission, User; "
-        "User.objects.get(username='bob').user_permissions.add("
-        "Permission.objects.get(codename='use_server_stats'))"
-    )
-    manage(server.env, "shell", "-c", grant)
+    # Granted in admin: the token's cached check (which carries its permissions) is dropped.
+    ((permission,),) = server.sql("SELECT id FROM auth_permission WHERE codename = 'use_server_stats'")
+    admin_set_user_permissions(operator_browser.http, "bob", [permission])
     names = {t["name"] for t in client.request("tools/list")["result"]["tools"]}
     assert "server_stats" in names
     allowed = client.call("server_stats", {"hours": 1})["result"]

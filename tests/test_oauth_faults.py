@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.live import ALICE, LiveServer, create_users, prepare_server
+from tests.support.live import ALICE, LiveServer, create_users, deployed_server, worker_pair
 from tests.support.oauth import Browser, OAuthClient
 from tests.support.private_services import PrivatePostgres, PrivateRedis
+from tests.support.services import fresh_redis_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -59,6 +60,14 @@ def postgres() -> Iterator[PrivatePostgres]:
         yield cluster
 
 
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """The shared Redis (a database of this module's own), for tests that do not stop it:
+    compose's workers always have one."""
+    with fresh_redis_database() as url:
+        yield url
+
+
 # --- Redis down: the OAuth endpoints do not need it ------------------------------------------------
 
 
@@ -66,8 +75,8 @@ def test_redis_down_stops_neither_token_nor_register_and_recovery_needs_no_resta
     tmp_path: Path, postgres: PrivatePostgres
 ) -> None:
     with PrivateRedis() as redis_server:
-        server = prepare_server(
-            tmp_path, database_url=postgres.create_database("redis_outage"), REDIS_URL=redis_server.url
+        server = deployed_server(
+            tmp_path, database_url=postgres.create_database("redis_outage"), redis_url=redis_server.url
         )
         create_users(server.env, (*ALICE, {}))
         server.start()
@@ -102,9 +111,11 @@ def test_redis_down_stops_neither_token_nor_register_and_recovery_needs_no_resta
 
 
 def test_postgres_down_gives_503s_spends_nothing_and_recovers_by_itself(
-    tmp_path: Path, postgres: PrivatePostgres
+    tmp_path: Path, postgres: PrivatePostgres, redis_url: str
 ) -> None:
-    server = prepare_server(tmp_path, database_url=postgres.create_database("pg_outage"))
+    server = deployed_server(
+        tmp_path, database_url=postgres.create_database("pg_outage"), redis_url=redis_url
+    )
     create_users(server.env, (*ALICE, {}))
     server.start()
     try:
@@ -152,15 +163,11 @@ def test_postgres_down_gives_503s_spends_nothing_and_recovers_by_itself(
 
 @pytest.fixture(scope="module")
 def two_workers(
-    tmp_path_factory: pytest.TempPathFactory, postgres: PrivatePostgres
+    tmp_path_factory: pytest.TempPathFactory, postgres: PrivatePostgres, redis_url: str
 ) -> Iterator[tuple[LiveServer, LiveServer]]:
     tmp = tmp_path_factory.mktemp("races")
     url = postgres.create_database("races")
-    first = prepare_server(tmp, database_url=url)
-    create_users(first.env, (*ALICE, {}))
-    second = prepare_server(tmp, database_url=url)
-    first.start()
-    second.start()
+    first, second = worker_pair(tmp, database_url=url, redis_url=redis_url, users=((*ALICE, {}),))
     yield first, second
     first.stop()
     second.stop()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.support.live import ROOT
-
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -122,3 +122,13 @@ def service_environment(compose: dict[str, Any], service: str, dotenv: dict[str,
     for key, value in environment.items():
         env[key] = interpolate(str(value), dotenv)
     return env
+
+
+def worker_argv(command: list[str], *, port: int) -> list[str]:
+    """The compose web command with its bind address and port moved to 127.0.0.1:<port>."""
+    assert command[:3] == ["python", "manage.py", "serve"], command
+    argv = [sys.executable, *command[1:]]
+    for flag, value in (("-b", "127.0.0.1"), ("-p", str(port))):
+        index = argv.index(flag)
+        argv[index + 1] = value
+    return argv

@@ -20,6 +20,14 @@ from typing import Any
 import httpx
 
 from tests.support import logcheck
+from tests.support.deploy import (
+    ENV_EXAMPLE,
+    dotenv_values,
+    load_compose,
+    service_command,
+    service_environment,
+    worker_argv,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ALICE = ("alice", "alice-password-123")
@@ -112,6 +120,8 @@ class LiveServer:
     extra_args: list[str] = field(default_factory=list)
     # Log patterns (regexes) this server may show: see tests/support/logcheck.py.
     allowed_log: tuple[str, ...] = ()
+    # The whole command line (compose's web command); by default `manage.py serve` on `port`.
+    argv: list[str] | None = None
 
     @property
     def url(self) -> str:
@@ -121,17 +131,17 @@ class LiveServer:
         """Start daphne and wait until /healthz answers with one of `ready_statuses`."""
         logcheck.watch(f"server :{self.port}", self.log_path, allowed=self.allowed_log)
         log = self.log_path.open("ab")
+        argv = self.argv or [
+            sys.executable,
+            "manage.py",
+            "serve",  # daphne with the MCP worker's start and SIGTERM drain, as compose runs it
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "serve",  # daphne with the MCP worker's start and SIGTERM drain, as compose runs it
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                *self.extra_args,
-            ],
+            [*argv, *self.extra_args],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -202,6 +212,78 @@ def prepare_server(
     return LiveServer(env=env, port=port, log_path=tmp_dir / f"server-{port}.log")
 
 
+# Test needs, not deployment choices: every test registers clients of its own from one address.
+TEST_REGISTRATION = {"REGISTRATION_RATE_LIMIT": "100000", "REGISTRATION_REUSE_WINDOW": "0"}
+# What a test run shares with the processes it starts: where programs and home are.
+HOST_BASICS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
+_static_root: Path | None = None
+
+
+def collected_static() -> Path:
+    """The hashed static files the image's build collects (COLLECTED_STATIC=true), collected
+    once per test session."""
+    global _static_root
+    if _static_root is None:
+        root = Path(tempfile.mkdtemp(prefix="mcp-static-"))
+        env = base_env(
+            port=1, database_url="sqlite:///:memory:", STATIC_ROOT=str(root), COLLECTED_STATIC="true"
+        )
+        manage(env, "collectstatic", "--noinput")
+        _static_root = root
+    return _static_root
+
+
+def compose_environment(service: str, *, public_url: str, **overrides: str) -> dict[str, str]:
+    """The environment docker compose gives a container of `service`: the image's ENV, the
+    .env a user makes from .env.example (with the values the README asks them to set), and
+    the service's `environment`; then `overrides`. Nothing of this shell's settings leaks in."""
+    dotenv = {
+        **dotenv_values(ENV_EXAMPLE),
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "POSTGRES_PASSWORD": "unused-here",
+        "PUBLIC_URL": public_url,
+    }
+    env = {key: value for key, value in os.environ.items() if key in HOST_BASICS}
+    env.update(service_environment(load_compose(), service, dotenv))
+    env.update(overrides)
+    return env
+
+
+def deployed_server(
+    tmp_dir: Path,
+    *,
+    database_url: str,
+    redis_url: str,
+    port: int | None = None,
+    **overrides: str,
+) -> LiveServer:
+    """A (not yet started) web worker as docker-compose.yml runs it: the web service's command
+    line and environment, with only what cannot be the same here replaced (the stores'
+    addresses, the port and PUBLIC_URL, where the collected static files are, the log level,
+    the registration limits every test lifts) and whatever the test sets in `overrides`. The
+    database is migrated first with the migrate service's command."""
+    port = port or free_port()
+    compose = load_compose()
+    stores = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "STATIC_ROOT": str(collected_static()),
+        "DOTENV_PATH": "/nonexistent/.env",
+        "LOG_LEVEL": "WARNING",
+    }
+    public_url = f"http://127.0.0.1:{port}"
+    command = service_command(compose, "migrate")
+    assert command[:2] == ["python", "manage.py"], command
+    manage(compose_environment("migrate", public_url=public_url, **stores), *command[2:])
+    env = compose_environment("web", public_url=public_url, **{**stores, **TEST_REGISTRATION, **overrides})
+    return LiveServer(
+        env=env,
+        port=port,
+        log_path=tmp_dir / f"server-{port}.log",
+        argv=worker_argv(service_command(compose, "web"), port=port),
+    )
+
+
 def worker_pair(
     tmp_dir: Path,
     *,
@@ -210,20 +292,19 @@ def worker_pair(
     users: tuple[tuple[str, str, dict[str, Any]], ...] = (),
     **overrides: str,
 ) -> tuple[LiveServer, LiveServer]:
-    """Two started workers on one database and one Redis, as compose runs replicas; clients
-    are given the first one's origin (PUBLIC_URL) and may use either."""
+    """Two started workers on one database and one Redis, as compose runs replicas of its web
+    service (its command line and environment: see `deployed_server`); clients are given the
+    first one's origin (PUBLIC_URL) and may use either."""
     port_a, port_b = free_port(), free_port()
-    first = prepare_server(
-        tmp_dir,
-        database_url=database_url,
-        port=port_a,
-        REDIS_URL=redis_url,
-        PUBLIC_URL=f"http://127.0.0.1:{port_a}",
-        **overrides,
-    )
+    first = deployed_server(tmp_dir, database_url=database_url, redis_url=redis_url, port=port_a, **overrides)
     if users:
         create_users(first.env, *users)
-    second = LiveServer(env={**first.env}, port=port_b, log_path=tmp_dir / f"server-{port_b}.log")
+    second = LiveServer(
+        env={**first.env},
+        port=port_b,
+        log_path=tmp_dir / f"server-{port_b}.log",
+        argv=worker_argv(service_command(load_compose(), "web"), port=port_b),
+    )
     first.start()
     try:
         second.start()

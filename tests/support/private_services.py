@@ -12,6 +12,7 @@ checkouts use them. For outage tests each of these starts its own server on a fr
         pg.create_database("mcp")
         env = {"DATABASE_URL": pg.url("mcp")}
         pg.stop(); ...; pg.start()               # the data survives
+        pg.pause(); ...; pg.resume()             # hung (SIGSTOP), not stopped; redis_server too
 
 The binaries: `redis-server` on PATH; `initdb` and `pg_ctl` from /usr/lib/postgresql/*/bin
 (or PATH). When one is missing the test is skipped locally and fails under CI=true, like
@@ -25,6 +26,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -105,6 +107,15 @@ class PrivateRedis:
         stop_process(self.process)
         self.process = None
 
+    def pause(self) -> None:
+        """Hang our redis-server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def restart(self) -> PrivateRedis:
         self.stop()
         return self.start()
@@ -168,6 +179,7 @@ class PrivatePostgres:
         )
         self._run([*self._as_user, "mkdir", "-p", str(self.socket_dir)])
         self._started = False
+        self._paused: list[int] = []
 
     @staticmethod
     def _run(command: list[str], timeout: float = 120) -> None:
@@ -207,6 +219,24 @@ class PrivatePostgres:
             return
         self._run([*self._as_user, self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
         self._started = False
+
+    def pids(self) -> list[int]:
+        """The postmaster (from its postmaster.pid) and the processes it started."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def pause(self) -> None:
+        """Hang our cluster (SIGSTOP to each of its processes): connections stay open and new
+        ones are accepted by the kernel, but nothing answers."""
+        self._paused = self.pids()
+        for pid in self._paused:
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._paused:
+            os.kill(pid, signal.SIGCONT)
+        self._paused = []
 
     def create_database(self, name: str) -> str:
         """Create database `name`; returns its URL."""

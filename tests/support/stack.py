@@ -26,16 +26,6 @@ def run_compose_command(command: list[str], env: dict[str, str]) -> str:
     return result.stdout
 
 
-def worker_argv(command: list[str], *, port: int) -> list[str]:
-    """The compose web command with its bind address and port moved to 127.0.0.1:<port>."""
-    assert command[:3] == ["python", "manage.py", "serve"], command
-    argv = [sys.executable, *command[1:]]
-    for flag, value in (("-b", "127.0.0.1"), ("-p", str(port))):
-        index = argv.index(flag)
-        argv[index + 1] = value
-    return argv
-
-
 @dataclass
 class Process:
     name: str
