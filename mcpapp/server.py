@@ -170,6 +170,11 @@ class DjangoMCPServer(MCPServer):
         token = set_caller(caller)
         try:
             result = await super()._handle_call_tool(ctx, params)
+        except MCPError as exc:
+            # The call was made and failed (the database is away): it is recorded like any
+            # other, and the record waits in the buffer until the database is back.
+            self._audit(caller, name, params, "error", started, exc.error.message, known=known)
+            raise
         finally:
             reset_caller(token)
         is_error = bool(getattr(result, "is_error", False))

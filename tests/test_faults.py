@@ -453,10 +453,18 @@ def test_postgres_down_and_back_keeps_cached_callers_working_and_loses_no_audit_
                     "SELECT COUNT(*) FROM mcpapp_toolcall WHERE tool = 'add' AND arguments_bytes > 0"
                 )[0][0]
 
+            def refused_during_outage() -> list[tuple[str, str]]:
+                return server.sql(
+                    "SELECT tool, error FROM mcpapp_toolcall WHERE outcome = 'error' ORDER BY tool"
+                )
+
             deadline = time.monotonic() + 15
-            while rows() < 3 and time.monotonic() < deadline:
+            while (rows() < 3 or len(refused_during_outage()) < 2) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert rows() == 3
+            # The two calls the outage failed were made, so they are recorded too, once it is back.
+            assert [tool for tool, _error in refused_during_outage()] == ["server_stats", "whoami"]
+            assert all("database is unavailable" in error for _tool, error in refused_during_outage())
             session.close()
         finally:
             server.stop()
