@@ -69,7 +69,10 @@ def admin_set_user_permissions(http: httpx.Client, username: str, permission_ids
     (`http`: an operator's logged-in browser)."""
     listing = http.get("/admin/auth/user/", params={"q": username})
     assert listing.status_code == 200, listing.text
-    (path,) = set(re.findall(r'href="(/admin/auth/user/\d+/change/)[^"]*"', listing.text))
+    # The search matches other users too (bobby, an email with bob in it): take the row whose
+    # link text is exactly this username.
+    link = rf'href="(/admin/auth/user/\d+/change/)[^"]*">{re.escape(username)}</a>'
+    (path,) = set(re.findall(link, listing.text))
     page = http.get(path)
     assert page.status_code == 200, page.text
     fields = [
