@@ -31,10 +31,11 @@ from tests.support.deploy import (
     load_compose,
     service_command,
     service_environment,
+    worker_argv,
 )
 from tests.support.live import ROOT, base_env, create_user, free_port, manage, stop_process
 from tests.support.oauth import Browser, obtain_token
-from tests.support.stack import run_compose_command, worker_argv
+from tests.support.stack import run_compose_command
 
 from .stores import BenchError, postgres_database, redis_database
 
