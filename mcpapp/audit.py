@@ -60,6 +60,9 @@ class ToolCallRecord:
     duration_ms: float
     error: str
     created: datetime
+    # Unique per call (uuid4 hex): writing a record twice stores it once. None in spool files
+    # of workers that predate it.
+    call_id: str | None = None
 
 
 def _write(
@@ -146,7 +149,9 @@ class AuditWriter:
         self._failing_since: float | None = None
         self._closing = False
         self._dropped_logged = 0.0
-        self._in_hand = 0  # records taken from the buffer by the write under way
+        # Records taken from the buffer by the write under way.
+        self._in_hand: list[ToolCallRecord] = []
+        self.abandoned = False  # shut down while a write was stuck on the database
 
     # --- the request path: no await, no I/O ------------------------------------------------------
 
@@ -226,7 +231,7 @@ class AuditWriter:
         clients, self._clients = self._clients, {}
         tokens, self._tokens = self._tokens, {}
         loop = asyncio.get_running_loop()
-        self._in_hand = len(calls)
+        self._in_hand = calls
         try:
             try:
                 await loop.run_in_executor(self._executor, _write, calls, clients, tokens)
@@ -246,7 +251,7 @@ class AuditWriter:
             else:
                 written = len(calls)
         finally:
-            self._in_hand = 0
+            self._in_hand = []
             METRICS.audit_buffered.set(len(self._calls))
         METRICS.audit_written.inc(written)
         if self._failing_since is not None:
@@ -328,12 +333,18 @@ class AuditWriter:
         return bool(done)
 
     def _give_up(self) -> None:
-        """The database hangs: spool the buffer; the batch in the writer's hands is in doubt."""
+        """The database hangs: spool the buffer and the batch the stuck write holds. That batch
+        is in doubt (the write may yet commit); its records carry their call_id, so the next
+        worker writing them from the spool stores each one once whatever happened to it."""
+        in_doubt = self._in_hand
         logger.error(
-            "the audit writer is still waiting on the database at shutdown; %d record(s) of the batch "
-            "under way are written only if that write completes",
-            self._in_hand,
+            "the audit writer is still waiting on the database at shutdown; spooling %d buffered "
+            "record(s) and the %d of the write under way",
+            len(self._calls),
+            len(in_doubt),
         )
+        self.abandoned = True
+        self._calls.extendleft(reversed(in_doubt))
         if self._calls:
             self._spool()
         self._executor.shutdown(wait=False)

@@ -12,7 +12,8 @@
   (over a second later: within it, it is the first one again, as `make run`'s reloader
   forwards it) exits at once;
 - the process really exits: threads the SDK started for sync functions (AnyIO's worker
-  threads, which under daphne are never told to stop) are released.
+  threads, which under daphne are never told to stop) are released, and threads stuck on a
+  database that hangs are not waited for past EXIT_WAIT_SECONDS.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ access_logger = logging.getLogger("mcpapp.access")
 LISTEN_BACKLOG = 2048
 # A SIGINT this soon after the first is the same Ctrl-C arriving twice (see _interrupt).
 REPEAT_SIGINT_SECONDS = 1.0
+# How long interpreter shutdown may wait for threads once the server has stopped.
+EXIT_WAIT_SECONDS = 3.0
 
 
 class DrainingServer(Server):
@@ -56,6 +59,7 @@ class DrainingServer(Server):
             super().run()
         finally:
             release_anyio_threads()
+            exit_even_if_threads_hang()
 
     def _when_running(self) -> None:
         loop = asyncio.get_event_loop()
@@ -156,3 +160,31 @@ def release_anyio_threads() -> None:
                 queue.put_nowait(None)
             except Exception:  # a full queue: the thread is busy and will see it after
                 logger.debug("could not signal an AnyIO worker thread", exc_info=True)
+
+
+def exit_even_if_threads_hang(seconds: float = EXIT_WAIT_SECONDS) -> None:
+    """The drain is done and everything is written or spooled; make sure the process ends.
+
+    Interpreter shutdown joins every thread pool's threads, and one stuck on a database that
+    hangs (not down: its connection open, nothing answering) would hold the exit until the
+    database answers or the orchestrator kills the worker. A daemon timer ends the process
+    if shutdown takes longer than `seconds`; nothing is lost by it (the audit writer spooled
+    what its stuck write held, and those records are written once by the next worker).
+    """
+
+    def give_up() -> None:
+        stuck = [
+            t.name for t in threading.enumerate() if t.is_alive() and not t.daemon and t.name != "MainThread"
+        ]
+        logger.warning(
+            "exiting without waiting for %d thread(s) still blocked (the database?): %s",
+            len(stuck),
+            ", ".join(stuck[:5]),
+        )
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.name = "exit-watchdog"
+    timer.start()

@@ -22,6 +22,9 @@ class ToolCall(models.Model):
     duration_ms = models.FloatField(default=0)
     # When the call was made (records are written in batches, a little later).
     created = models.DateTimeField(default=timezone.now, db_index=True)
+    # Given when the call is made: a record written twice (a batch whose write was in doubt
+    # at shutdown is spooled too, and the next worker writes it again) is stored once.
+    call_id = models.UUIDField(null=True, unique=True, editable=False)
 
     class Meta:
         ordering = ["-created"]

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,7 +37,6 @@ from mcp_types import (
     ToolAnnotations,
 )
 
-from . import services
 from .audit import AuditWriter, ToolCallRecord
 from .identity import Caller, caller_of
 from .metrics import METRICS
@@ -211,14 +211,15 @@ class DjangoMCPServer(MCPServer):
             ToolCallRecord(
                 user_id=caller.user_id if caller else None,
                 application_id=caller.application_id if caller else None,
-                # The name is the client's choice and the error may quote it: text any database
-                # stores (no NUL), of bounded length.
-                tool=services.storable(tool, 128),
+                # The name is the client's choice and the error may quote it: bounded here,
+                # made storable by any database when written (services.tool_calls_record).
+                tool=tool[:128],
                 arguments_bytes=len(json.dumps(params.arguments or {}, default=str)),
                 outcome=outcome,
                 duration_ms=elapsed * 1000,
-                error=services.storable(error, 500),
+                error=error[:500],
                 created=timezone.now(),
+                call_id=uuid.uuid4().hex,
             )
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ AUDIT_COLUMNS = (
     "duration_ms",
     "error",
     "created",
+    "call_id",
 )
 
 
@@ -47,8 +49,14 @@ def tool_calls_record(*, calls: Sequence[ToolCallRecord]) -> None:
     table = connection.ops.quote_name(ToolCall._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(c) for c in AUDIT_COLUMNS)
     created = ToolCall._meta.get_field("created")
-    # Names from the model and our constant column list, quoted; values are parameters.
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(AUDIT_COLUMNS))})"  # noqa: S608
+    call_id = ToolCall._meta.get_field("call_id")
+    # Names from the model and our constant column list, quoted; values are parameters. A record
+    # already stored (written again from a spool) is skipped: ON CONFLICT works on PostgreSQL
+    # and SQLite alike.
+    sql = (
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(AUDIT_COLUMNS))}) "  # noqa: S608
+        f"ON CONFLICT ({connection.ops.quote_name('call_id')}) DO NOTHING"
+    )
     rows = [
         (
             call.user_id,
@@ -59,6 +67,7 @@ def tool_calls_record(*, calls: Sequence[ToolCallRecord]) -> None:
             call.duration_ms,
             storable(call.error, 500),
             created.get_db_prep_value(call.created, connection),
+            call_id.get_db_prep_value(call.call_id and uuid.UUID(call.call_id), connection),
         )
         for call in calls
     ]

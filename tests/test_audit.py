@@ -261,3 +261,75 @@ def test_stopped_while_postgres_is_down_a_worker_spools_the_audit_and_the_next_w
         finally:
             second.stop()
         assert len(second.sql("SELECT id FROM mcpapp_toolcall")) == 5
+
+
+def test_stopped_while_postgres_hangs_a_worker_exits_and_even_the_batch_in_doubt_is_written_once(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL hangs (SIGSTOP: connections open, nothing answers) while the audit writer is
+    in the middle of a write. SIGTERM: the worker exits within its grace anyway, spooling the
+    buffer and the batch the stuck write holds; the next worker writes every record once. A
+    spool written again (or a record that reached the database after all) adds nothing."""
+    spool = tmp_path / "spool"
+    with PrivatePostgres() as postgres:
+        database_url = postgres.create_database("mcp")
+        first, (token,) = started(
+            tmp_path, database_url, KEEPER, MCP_AUDIT_SPOOL_DIR=str(spool), MCP_DRAIN_SECONDS="2"
+        )
+        try:
+            client = session(first, token)
+            assert client.call("add", {"a": 0, "b": 0})["result"]["content"][0]["text"] == "0"
+            assert eventually(lambda: len(audit_rows(first, "t.tool = 'add'")) == 1)
+            postgres.pause()
+            try:
+                for n in range(1, 6):  # the writer takes these and hangs writing them
+                    assert client.call("add", {"a": n, "b": 10})["result"]["content"][0]["text"] == str(
+                        n + 10
+                    )
+                time.sleep(1.0)
+                for n in range(6, 9):  # these wait in the buffer behind the stuck write
+                    assert client.call("add", {"a": n, "b": 10})["result"]["content"][0]["text"] == str(
+                        n + 10
+                    )
+                client.close()
+                logcheck.expect_log(r"ERROR mcpapp\.audit: the audit writer is still waiting on the database")
+                assert first.process is not None
+                first.process.send_signal(signal.SIGTERM)
+                # Out within its grace (2 s) plus the drain's steps, not whenever PostgreSQL answers.
+                assert first.process.wait(timeout=15) == 0
+                # It did not wait for the thread stuck in the write, and said so.
+                assert re.search(
+                    r"WARNING mcpapp\.lifecycle: exiting without waiting for 1 thread\(s\) .*mcp-audit",
+                    first.log_path.read_text(),
+                )
+            finally:
+                postgres.resume()
+        finally:
+            first.stop()
+        records = spooled(spool)
+        assert sorted(r["arguments_bytes"] > 0 for r in records) == [True] * 8, records
+        assert len({r["call_id"] for r in records}) == 8
+        saved = {path.name: path.read_text() for path in spool.iterdir()}
+
+        second = prepare_server(tmp_path, database_url=database_url)
+        second.env["MCP_AUDIT_SPOOL_DIR"] = str(spool)
+        second.start()
+        try:
+            assert eventually(lambda: len(audit_rows(second, "t.tool = 'add'")) >= 9)
+            assert audit_rows(second, "t.tool = 'add'") == [("add", "ok", "", KEEPER[0])] * 9
+            assert list(spool.iterdir()) == []
+        finally:
+            second.stop()
+
+        # The same spool once more (as if the stuck write had committed after all): nothing new.
+        for name, text in saved.items():
+            (spool / name).write_text(text)
+        third = prepare_server(tmp_path, database_url=database_url)
+        third.env["MCP_AUDIT_SPOOL_DIR"] = str(spool)
+        third.start()
+        try:
+            assert eventually(lambda: list(spool.iterdir()) == [])
+            assert eventually(lambda: metric(third, "mcp_audit_buffered") == 0)
+            assert len(third.sql("SELECT id FROM mcpapp_toolcall WHERE tool = 'add'")) == 9
+        finally:
+            third.stop()

@@ -241,6 +241,8 @@ def test_a_worker_exits_after_the_sdk_ran_sync_code_in_its_threads(tmp_path: Pat
     assert server.process is not None
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=15) == 0
+    # Those threads were released, not left to the exit watchdog (which is for a hung database).
+    assert "exiting without waiting" not in server.log_path.read_text()
     server.stop()
 
 

@@ -473,6 +473,8 @@ def test_postgres_down_and_back_keeps_cached_callers_working_and_loses_no_audit_
 # A hung Redis costs a request a couple of its 2 s timeouts at most (a token refresh: the
 # last-used throttle in the cache, then the revocation published now and on commit).
 HUNG_REDIS_BOUND = 8.0
+# /healthz's own deadline is a few seconds (the container healthcheck gives it 4 s).
+HEALTH_DEADLINE = 4.5
 
 
 def within(bound: float, request: Any) -> httpx.Response:
@@ -545,9 +547,11 @@ HUNG_POSTGRES_BOUND = 12.0
 
 @pytest.mark.redis
 def test_a_hung_postgres_gets_answers_in_bounded_time_and_spends_nothing(tmp_path: Path) -> None:
-    """PostgreSQL hung (SIGSTOP), not stopped: callers whose token is known are served, a token
-    never seen and the token endpoint get retryable 503s within a bound, and the refresh token
-    that met the hang still works afterwards."""
+    """PostgreSQL hung (SIGSTOP), not stopped: /healthz says so within its deadline (again and
+    again, never queued behind a check still stuck), callers whose token is known are served,
+    a token never seen and the token endpoint get retryable 503s within a bound, and once it
+    answers again the refresh token that met the hang still works and the calls made during
+    the hang are audited."""
     with PrivatePostgres() as postgres, fresh_redis_database() as redis_url:
         pair = two_workers(tmp_path, database_url=postgres.create_database("mcp"), redis_url=redis_url)
         try:
@@ -564,6 +568,10 @@ def test_a_hung_postgres_gets_answers_in_bounded_time_and_spends_nothing(tmp_pat
 
             postgres.pause()
             try:
+                for _ in range(3):  # each within the deadline: none waits behind a stuck one
+                    health = httpx.get(f"{owner.url}/healthz", timeout=HEALTH_DEADLINE)
+                    assert health.status_code == 503
+                    assert health.json()["checks"]["database"].startswith("error")
                 for url in (owner.url, other.url):  # served here, and forwarded
                     answered = within(HUNG_POSTGRES_BOUND, lambda url=url: call_add(url, token, sid, 2))
                     assert answered.status_code == 200, answered.text
@@ -584,6 +592,11 @@ def test_a_hung_postgres_gets_answers_in_bounded_time_and_spends_nothing(tmp_pat
             fresh.initialize()
             fresh.close()
             assert client.refresh(issued["refresh_token"]).status_code == 200  # not spent by the 503
+            deadline = time.monotonic() + 30  # the first call, and the two made during the hang
+            while owner.sql("SELECT COUNT(*) FROM mcpapp_toolcall WHERE tool = 'add'")[0][0] < 3:
+                assert time.monotonic() < deadline, "the calls made while the database hung were not audited"
+                time.sleep(0.2)
+            assert owner.sql("SELECT COUNT(*) FROM mcpapp_toolcall WHERE tool = 'add'")[0][0] == 3
             session.close()
             browser.close()
         finally:

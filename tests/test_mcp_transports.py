@@ -524,26 +524,6 @@ def test_the_permission_gated_tool_is_hidden_and_refused_until_granted(
     assert [r[:2] for r in rows()] == [("server_stats", "denied"), ("server_stats", "ok")]
 
 
-def test_shutting_down_closes_open_streams_cleanly(tmp_path: Any) -> None:
-    from tests.support.live import create_user, prepare_server
-
-    own = prepare_server(tmp_path).start()
-    try:
-        create_user(own.env, "dave", "dave-password-321")
-        browser = Browser(own.url)
-        assert browser.login("dave", "dave-password-321").status_code == 302
-        token = obtain_token(own.url, browser)["access_token"]
-        stream, _ = open_sse_session(own, token)
-        assert own.process is not None
-        own.process.terminate()
-        assert stream.ended_within(10), "the stream stayed open while the server shut down"
-        assert stream.end == "clean"
-        assert own.process.wait(timeout=10) is not None
-        stream.close()
-    finally:
-        own.stop()
-
-
 @pytest.mark.parametrize("bad_id", [{"a": 1}, [1], True])
 def test_a_request_whose_id_is_not_a_string_or_number_gets_an_error_not_202(
     server: LiveServer, alice_token: str, bad_id: Any
