@@ -161,7 +161,8 @@ if not DEBUG:
         raise ImproperlyConfigured(f"PUBLIC_URL ({PUBLIC_URL}) must use https for a non-loopback host.")
 
 # Behind a reverse proxy that terminates TLS: trust X-Forwarded-Proto (and -For for the
-# registration rate limit). Only turn this on when a proxy you run sets those headers.
+# caller's address: registration limits, login throttling, /metrics). Only turn this on when a
+# proxy you run sets those headers.
 BEHIND_PROXY = env_bool("BEHIND_PROXY", False)
 if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

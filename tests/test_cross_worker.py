@@ -119,7 +119,7 @@ def test_a_token_revoked_on_one_worker_dies_on_the_other(workers: tuple[LiveServ
     assert browser.login("alice", "alice-password-123").status_code == 302
     issued = obtain_token(first.url, browser)
     client = MCPHttp(second.url, issued["access_token"])
-    client.initialize()  # caches the token's validation in the shared cache
+    client.initialize()  # the second worker checks the token and keeps the verdict in memory
     revoked = httpx.post(
         f"{first.url}/revoke", data={"token": issued["access_token"], "client_id": issued["client"].client_id}
     )

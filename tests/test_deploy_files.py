@@ -178,9 +178,31 @@ def test_the_image_runs_as_a_user_and_has_a_healthcheck() -> None:
     assert (ROOT / ".dockerignore").read_text().count(".env") >= 1
 
 
+def settings_read() -> set[str]:
+    """Every environment variable mcpsite/settings.py reads."""
+    text = SETTINGS.read_text()
+    read = set(re.findall(r'env_[a-z_]+\(\s*"([A-Z0-9_]+)"', text))
+    read |= set(re.findall(r'os\.environ\.get\(\s*"([A-Z0-9_]+)"', text))
+    read |= set(re.findall(r'_github_url\(\s*"([A-Z0-9_]+)"', text))
+    return read
+
+
+def test_the_readme_configuration_table_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Configuration")
+    table = readme[start : readme.index("\n## ", start + 1)]
+    listed: set[str] = set()
+    for row in table.splitlines():
+        if row.startswith("| `"):
+            listed |= set(re.findall(r"`([A-Z0-9_]+)`", row.split("|")[1]))
+    read = settings_read()
+    assert {"SECRET_KEY", "GITHUB_API_URL", "DOTENV_PATH"} <= read  # the scan finds them
+    assert sorted(read - listed) == []
+    assert sorted(listed - read) == []  # and names no setting that does not exist
+
+
 def test_the_env_example_documents_every_setting() -> None:
-    read = set(re.findall(r'env_[a-z_]+\(\s*"([A-Z0-9_]+)"', SETTINGS.read_text()))
-    read |= set(re.findall(r'os\.environ\.get\(\s*"([A-Z0-9_]+)"', SETTINGS.read_text()))
+    read = settings_read()
     read |= set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE_FILE.read_text()))
     assert "SECRET_KEY" in read and "POSTGRES_PASSWORD" in read  # the scan finds them
     documented = dotenv_documented_names(ENV_EXAMPLE)

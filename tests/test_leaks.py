@@ -45,17 +45,19 @@ def worker_tables(server: LiveServer) -> dict[str, float]:
     }
 
 
-def redis_state(redis_url: str) -> tuple[dict[str, int], int]:
-    """Our pub/sub channels with their subscriber counts, and the registry's session keys."""
+def redis_state(redis_url: str) -> tuple[dict[str, int], int, list[str]]:
+    """Our pub/sub channels with their subscriber counts, the registry's session keys, and
+    every key in our database (the cache's included)."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     db = redis_url.rsplit("/", 1)[-1]
     try:
         channels = sorted(str(c) for c in client.pubsub_channels(f"mcp:{db}:*"))
         counts = {name: int(n) for name, n in client.pubsub_numsub(*channels)} if channels else {}
         sessions = len(list(client.scan_iter(match=f"mcp:{db}:session:*", count=1000)))
+        keys = sorted(str(key) for key in client.scan_iter(count=1000))
     finally:
         client.close()
-    return {str(k): v for k, v in counts.items()}, sessions
+    return {str(k): v for k, v in counts.items()}, sessions, keys
 
 
 def settled(check: object, expected: object, seconds: float = 15) -> object:
@@ -76,7 +78,7 @@ def test_two_hundred_requests_of_each_kind_leave_nothing_behind(
     token = obtain_token(first.url, browser, resource=first.url)["access_token"]
 
     # Warm up: the token is checked and cached once on each worker, and each worker's usage
-    # throttle has its one entry for this user and client.
+    # throttle has its one entry for this token.
     for server in (first, second):
         warm = MCPHttp(server.url, token)
         warm.initialize()
@@ -84,7 +86,11 @@ def test_two_hundred_requests_of_each_kind_leave_nothing_behind(
         warm.close()
     time.sleep(1)
     tables = [worker_tables(first), worker_tables(second)]
-    channels, sessions = redis_state(redis_url)
+    # The health checks' one key is there from the start (the workers' own checks write it).
+    for server in (first, second):
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    state = redis_state(redis_url)
+    channels, sessions, _keys = state
     # Two workers: two inboxes with one subscriber each, and the shared revocation feed.
     assert sorted(n for name, n in channels.items() if ":inbox:" in name) == [1, 1]
     assert sessions == 0
@@ -118,11 +124,30 @@ def test_two_hundred_requests_of_each_kind_leave_nothing_behind(
     owner.close()
     through.close()
 
+    # 200 legacy SSE messages forwarded: the stream on the first worker, every POST through
+    # the second (answered on the stream).
+    stream = SSEStream(first.url, token)
+    event = stream.next()
+    assert event is not None and event[0] == "endpoint"
+    assert post_json(second.url + event[1], token, initialize_body("2024-11-05")).status_code == 202
+    assert stream.next_message()["id"] == 1
+    for n in range(ROUNDS):
+        call = {
+            "jsonrpc": "2.0",
+            "id": n + 2,
+            "method": "tools/call",
+            "params": {"name": "add", "arguments": {"a": n, "b": 3}},
+        }
+        assert post_json(second.url + event[1], token, call).status_code == 202
+        answer = stream.next_message()
+        assert answer["id"] == n + 2 and answer["result"]["content"][0]["text"] == str(n + 3)
+    stream.close()
+
     # 200 health checks.
     for n in range(ROUNDS):
         assert httpx.get(f"{(first, second)[n % 2].url}/healthz", timeout=10).status_code == 200
 
-    assert settled(lambda: redis_state(redis_url), (channels, sessions)) == (channels, sessions)
+    assert settled(lambda: redis_state(redis_url), state) == state
     for server, before in zip((first, second), tables, strict=True):
         after = settled(lambda server=server: worker_tables(server), before)
         assert after == before, f"{server.url}: {before} -> {after}"
