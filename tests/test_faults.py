@@ -484,6 +484,33 @@ def within(bound: float, request: Any) -> httpx.Response:
     return response
 
 
+@dataclass
+class KnownCaller:
+    """A caller whose token both workers of a pair have checked, with a session on the first
+    worker, and a second token of theirs that no worker has seen yet."""
+
+    browser: Browser
+    issued: dict[str, Any]
+    token: str
+    unseen: str
+    session: MCPHttp
+    sid: str
+
+    @classmethod
+    def on(cls, pair: Any) -> KnownCaller:
+        owner, other = pair.first, pair.second
+        browser = Browser(owner.url)
+        assert browser.login(*USER).status_code == 302
+        issued = obtain_token(owner.url, browser, resource=owner.url)
+        unseen = obtain_token(owner.url, browser, resource=owner.url)["access_token"]
+        session = MCPHttp(owner.url, issued["access_token"])
+        session.initialize()
+        sid = session.session_id or ""
+        # Both workers know the token: the session's owner, and the other through a forward.
+        assert call_add(other.url, issued["access_token"], sid, 1).status_code == 200
+        return cls(browser, issued, issued["access_token"], unseen, session, sid)
+
+
 @pytest.mark.postgres
 def test_a_hung_redis_gets_answers_in_bounded_time_and_then_recovers(tmp_path: Path) -> None:
     """Not stopped but hung (SIGSTOP): connections stay open and nothing answers. Each request
@@ -493,15 +520,9 @@ def test_a_hung_redis_gets_answers_in_bounded_time_and_then_recovers(tmp_path: P
         pair = two_workers(tmp_path, database_url=database_url, redis_url=redis_server.url)
         try:
             owner, other = pair.first, pair.second
-            browser = Browser(owner.url)
-            assert browser.login(*USER).status_code == 302
-            issued = obtain_token(owner.url, browser, resource=owner.url)
-            client, token = issued["client"], issued["access_token"]
-            unseen = obtain_token(owner.url, browser, resource=owner.url)["access_token"]
-            session = MCPHttp(owner.url, token)
-            session.initialize()
-            sid = session.session_id or ""
-            assert call_add(other.url, token, sid, 1).status_code == 200  # both workers know the token
+            known = KnownCaller.on(pair)
+            browser, issued, client, token = known.browser, known.issued, known.issued["client"], known.token
+            unseen, session, sid = known.unseen, known.session, known.sid
 
             redis_server.pause()
             try:
@@ -556,15 +577,9 @@ def test_a_hung_postgres_gets_answers_in_bounded_time_and_spends_nothing(tmp_pat
         pair = two_workers(tmp_path, database_url=postgres.create_database("mcp"), redis_url=redis_url)
         try:
             owner, other = pair.first, pair.second
-            browser = Browser(owner.url)
-            assert browser.login(*USER).status_code == 302
-            issued = obtain_token(owner.url, browser, resource=owner.url)
-            client, token = issued["client"], issued["access_token"]
-            unseen = obtain_token(owner.url, browser, resource=owner.url)["access_token"]
-            session = MCPHttp(owner.url, token)
-            session.initialize()
-            sid = session.session_id or ""
-            assert call_add(other.url, token, sid, 1).status_code == 200  # both workers know the token
+            known = KnownCaller.on(pair)
+            browser, issued, client, token = known.browser, known.issued, known.issued["client"], known.token
+            unseen, session, sid = known.unseen, known.session, known.sid
 
             postgres.pause()
             try:
